@@ -1,0 +1,1 @@
+"""trackd: crash-safe experiment tracking and data versioning for machine learning."""
