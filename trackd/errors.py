@@ -12,7 +12,7 @@ what was expected.
     │   ├── InvalidNameError        a metric, param, run or repository name is not acceptable
     │   ├── InvalidValueError       a value of a type or shape that cannot be stored
     │   └── QueryError              a query string that does not parse or is not allowed
-    ├── NotFoundError               a container, sequence or repository does not exist (also KeyError)
+    ├── NotFoundError               a container, sequence or repository is missing (a KeyError)
     ├── EventError                  an event cannot be encoded or decoded
     │   └── UnknownEventError       an event type or version this build does not know
     ├── LogError                    the event log cannot do what was asked

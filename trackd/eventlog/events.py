@@ -102,6 +102,8 @@ class LoggedEvent:
     offset: int
     end: int
     event: Event
+
+
 _ENVELOPE_FIELDS = frozenset({"client_id", "client_seq", "client_time"})
 
 
@@ -234,7 +236,7 @@ class SequenceAppended(Event):
         elif vals.dtype.kind == "b":
             dtype, vbytes = "|b1", np.ascontiguousarray(vals).tobytes()
         else:
-            seq = list(values) if not isinstance(values, np.ndarray) else values.tolist()
+            seq = values.tolist() if isinstance(values, np.ndarray) else list(values)  # type: ignore[arg-type]
             dtype, vbytes = OBJECT_VALUE_DTYPE, msgpack.packb(seq, use_bin_type=True)
         ts = (
             None
@@ -343,7 +345,7 @@ def encode_event(event: Event) -> bytes:
     if _TYPES.get(event.TYPE) is not type(event):
         raise EventError(f"event class {type(event).__name__} is not registered with the codec")
     try:
-        return msgpack.packb(
+        payload: bytes = msgpack.packb(
             [
                 event.TYPE,
                 event.VERSION,
@@ -356,6 +358,7 @@ def encode_event(event: Event) -> bytes:
         )
     except (TypeError, ValueError, OverflowError) as e:
         raise EventError(f"cannot encode {event.TYPE} event: {e}") from e
+    return payload
 
 
 def decode_event(payload: bytes | memoryview) -> Event:
