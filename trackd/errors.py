@@ -24,6 +24,7 @@ what was expected.
     │   └── FrameTooLargeError      a frame longer than the negotiated maximum
     ├── RemoteError                 the daemon refused a request (carries the daemon's code)
     │   └── LockedError             a run or writer checkout is held by another live client
+    ├── AccessDeniedError           a peer of another uid, or a path the caller may not use
     ├── DaemonUnavailableError      no daemon answers and none could be started
     └── FlushTimeoutError           a flush barrier did not complete in time
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 __all__ = [
     "ERROR_CODES",
+    "AccessDeniedError",
     "ConfigError",
     "DaemonUnavailableError",
     "EventError",
@@ -184,6 +186,12 @@ class LockedError(RemoteError):
     """
 
     code = "locked"
+
+
+class AccessDeniedError(TrackdError):
+    """The daemon refused a peer of another uid, or a repository path it may not use."""
+
+    code = "access_denied"
 
 
 class DaemonUnavailableError(TrackdError):

@@ -4,6 +4,7 @@ Imports ``trackd.errors`` and ``trackd.eventlog`` codecs only.
 """
 
 from trackd.wire.protocol import (
+    APPEND_REJECTED,
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
     REQUEST_OPS,
@@ -22,6 +23,7 @@ from trackd.wire.protocol import (
 )
 
 __all__ = [
+    "APPEND_REJECTED",
     "DEFAULT_MAX_FRAME",
     "PROTOCOL_VERSION",
     "REQUEST_OPS",

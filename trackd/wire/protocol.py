@@ -17,9 +17,14 @@ A frame is a 4-byte big-endian length followed by that many bytes of one msgpack
                                         <--  Reply(id, result) | ErrorReply(id, code, msg)
 
 ``hwm`` in Welcome is the highest client_seq of this client id the daemon holds durably, so
-a reconnecting client resends only what follows it. Acks are cumulative. An error that
-desynchronises the stream (bad length, bad msgpack, wrong first message) is sent as an
-ErrorReply with ``id=None`` and the daemon closes that connection only.
+a reconnecting client resends only what follows it. Acks are cumulative. Request ids are
+positive. Errors come in three scopes:
+
+- ``ErrorReply(id=N)``: request N failed; the connection stays open.
+- ``ErrorReply(id=0)``: an Append frame was rejected whole (an event failed validation; the
+  message names its client_seq); nothing of that frame was written; the connection stays open.
+- ``ErrorReply(id=None)``: the connection itself is broken (bad length, bad msgpack, wrong
+  first message, refused peer); the daemon closes that connection only.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import msgpack
 from trackd.errors import FrameTooLargeError, ProtocolError, TrackdError
 
 __all__ = [
+    "APPEND_REJECTED",
     "DEFAULT_MAX_FRAME",
     "LENGTH_PREFIX",
     "PROTOCOL_VERSION",
@@ -55,6 +61,9 @@ PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_FRAME: Final = 64 << 20
 LENGTH_PREFIX: Final = 4
 _LEN = struct.Struct(">I")
+
+#: ErrorReply.id for a rejected Append frame.
+APPEND_REJECTED: Final = 0
 
 #: Request operations and their documented arguments.
 #: flush            {}                          reply {"offset": int} once everything this
