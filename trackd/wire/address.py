@@ -3,7 +3,8 @@
 ``TRACKD_SOCKET`` if set; else ``$XDG_RUNTIME_DIR/trackd.sock``; else
 ``/tmp/trackd-<uid>/trackd.sock`` (that folder is created with mode 0700 by whoever needs it
 first, and refused if another user owns it or others can write into it).
-Imports ``trackd.errors``; no sockets.
+The rule itself is written once, in :func:`trackd.config.default_socket_path`.
+Imports ``trackd.config`` and ``trackd.errors``; no sockets.
 """
 
 from __future__ import annotations
@@ -13,23 +14,15 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from trackd.config import default_socket_path
 from trackd.errors import ConfigError
 
 __all__ = ["ensure_socket_dir", "socket_path"]
 
-SOCKET_NAME = "trackd.sock"
-
 
 def socket_path(env: Mapping[str, str] | None = None) -> Path:
-    """The socket path the daemon serves and the SDK connects to."""
-    env = os.environ if env is None else env
-    explicit = env.get("TRACKD_SOCKET")
-    if explicit:
-        return Path(explicit)
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime) / SOCKET_NAME
-    return Path(f"/tmp/trackd-{os.getuid()}") / SOCKET_NAME
+    """The socket path the daemon serves and the SDK connects to (see module docstring)."""
+    return default_socket_path(env)
 
 
 def ensure_socket_dir(path: Path) -> Path:
