@@ -43,6 +43,7 @@ __all__ = [
     "decode_event",
     "encode_event",
     "event_types",
+    "register_event_type",
     "register_upcaster",
 ]
 
