@@ -1,0 +1,415 @@
+"""The daemon process: single-instance lock, the Unix socket, signals and lifecycle.
+
+Owns: :func:`run_daemon` (what ``trackd daemon run`` calls) and :class:`Server` (accepts
+connections as :class:`~trackd.daemon.session.Session` objects, opens each repository once
+on first use, builds the status map, and stops gracefully on SIGTERM/SIGINT, or at once with
+exit status 1 when a repository's log write or fsync fails (or its views cannot be written:
+they are rebuilt from the log at the next start).
+Imports ``trackd.wire`` (address), sibling daemon modules, uvloop.
+
+Start-up, in order: take an exclusive ``flock`` on ``<socket>.lock`` (a second daemon exits
+1 naming the first one's pid); remove a stale socket file only if it *is* a socket and
+connecting to it is refused; bind with a umask so the socket is 0600 from birth; write
+``<socket>.pid``. Both files are removed at exit.
+
+Graceful stop: stop accepting, stop reading (everything read is already queued), let every
+repository's writer sync and projector apply what is queued, answer pending flushes, close
+connections, close logs and views, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trackd.daemon.repository import Repository
+from trackd.daemon.session import Session
+from trackd.daemon.settings import DaemonSettings
+from trackd.errors import ConfigError, LogIOError
+from trackd.wire.address import ensure_socket_dir, socket_path
+from trackd.wire.sockfiles import lock_path, pidfile_path, read_pidfile
+
+__all__ = ["Server", "run_daemon"]
+
+log = logging.getLogger("trackd.daemon")
+
+LISTEN_BACKLOG = 512
+
+
+class _StartError(Exception):
+    """The daemon cannot start: another one runs, or the socket path is unusable.
+
+    Internal: :func:`run_daemon` turns it into a logged message and exit status 1; it never
+    crosses the wire, so it is not part of the :mod:`trackd.errors` tree.
+    """
+
+
+# -- systemd call sites ------------------------------------------------------------------
+# The service engineer wires trackd.daemon.systemd (sd_notify, LISTEN_FDS) into these four
+# functions; everything else calls only them.
+
+
+def _notify_ready(status: str) -> None:
+    """systemd: READY=1 with STATUS=``status``, once the socket accepts connections."""
+    log.debug("ready: %s", status)
+
+
+def _notify_status(status: str) -> None:
+    """systemd: STATUS=``status``."""
+    log.debug("status: %s", status)
+
+
+def _notify_stopping() -> None:
+    """systemd: STOPPING=1, when a graceful stop begins."""
+    log.debug("stopping")
+
+
+def _inherited_socket() -> socket.socket | None:
+    """systemd socket activation: the listening socket passed by LISTEN_FDS, if any."""
+    return None
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+class Server:
+    """Accepts connections and owns the repositories this daemon serves.
+
+    Args:
+        settings: The daemon's tunables.
+        path: The socket path served (for status and logs).
+
+    Attributes:
+        sessions: Every open connection.
+        stopping: True once a stop began; new repositories are refused from then on.
+        exit_code: 0 after a graceful stop, 1 after a fatal error.
+    """
+
+    def __init__(self, settings: DaemonSettings, path: Path) -> None:
+        self.settings = settings
+        self.path = path
+        self.sessions: set[Session] = set()
+        self.stopping = False
+        self.exit_code = 0
+        self._fatal: BaseException | None = None
+        self._repos: dict[str, asyncio.Task[Repository]] = {}
+        self._stop = asyncio.Event()
+        self._no_sessions = asyncio.Event()
+        self._started = time.monotonic()
+        self._version = _version()
+
+    async def serve(self, sock: socket.socket) -> int:
+        """Serve on the bound, listening ``sock`` until a signal or a fatal error.
+
+        Returns:
+            The process exit status: 0 after a graceful stop, 1 after a fatal error.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        server = await loop.create_unix_server(lambda: Session(self), sock=sock)
+        log.info("trackd daemon %s (pid %d) serving %s", self._version, os.getpid(), self.path)
+        _notify_ready(f"serving {self.path}")
+        # systemd: start the WATCHDOG=1 pinger task here (it ends with this coroutine).
+        await self._stop.wait()
+        _notify_stopping()
+        server.close()
+        if self._fatal is not None:
+            await self._abort()
+        else:
+            try:
+                await asyncio.wait_for(self._drain(), self.settings.shutdown_timeout)
+            except TimeoutError:
+                log.error(
+                    "graceful stop took longer than %.0fs; stopping without draining",
+                    self.settings.shutdown_timeout,
+                )
+                self.exit_code = 1
+                await self._abort()
+            if self._fatal is not None:  # the log failed while draining
+                await self._abort()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("trackd daemon stopped (exit status %d)", self.exit_code)
+        return self.exit_code
+
+    def request_stop(self, reason: str) -> None:
+        """Begin a graceful stop (signal handler)."""
+        if not self.stopping:
+            log.info("%s received: draining and stopping", reason)
+        self.stopping = True
+        self._stop.set()
+
+    def fatal(self, exc: BaseException) -> None:
+        """A repository's log (or views) failed: stop acking and exit with status 1.
+
+        After a failed fsync the kernel may have dropped the dirty pages, so nothing after
+        the last good sync can be trusted; the next start recovers from the log.
+        """
+        if self._fatal is not None:
+            return
+        self._fatal = exc
+        self.exit_code = 1
+        self.stopping = True
+        # Stop acking now: no session may hear of durability any more.
+        for s in list(self.sessions):
+            s.abort()
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        err = getattr(cause, "errno", None)
+        errname = errno.errorcode.get(err, "?") if isinstance(err, int) else "?"
+        what = "log write or fsync" if isinstance(exc, (LogIOError, OSError)) else "projection"
+        log.critical(
+            "%s failed (errno %s %s): %s: %s; stopping without acknowledging more; "
+            "the next start recovers from the log",
+            what,
+            err,
+            errname,
+            type(exc).__name__,
+            exc,
+        )
+        self._stop.set()
+
+    def forget(self, session: Session) -> None:
+        """A connection is gone."""
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._no_sessions.set()
+
+    def _reload(self) -> None:
+        # systemd: RELOADING=1 ... READY=1 goes here once settings can be reloaded.
+        log.info("SIGHUP received; nothing to reload")
+
+    async def repository(self, root: Path) -> Repository:
+        """The repository at ``root``, opened on first use (concurrent callers share it).
+
+        ``root`` must be absolute with symlinks resolved, so one folder has one key.
+
+        Raises:
+            DaemonUnavailableError: the daemon is stopping.
+            TrackdError: the repository cannot be opened (the next Hello retries).
+        """
+        key = str(root)
+        task = self._repos.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                Repository.open(Path(key), self.settings, self.fatal), name=f"open {key}"
+            )
+            self._repos[key] = task
+            task.add_done_callback(lambda t: self._opened(key, t))
+        return await asyncio.shield(task)
+
+    def _opened(self, key: str, task: asyncio.Task[Repository]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if self._repos.get(key) is task:
+                del self._repos[key]
+            if not task.cancelled():
+                log.error("cannot open repository %s: %s", key, task.exception())
+        else:
+            _notify_status(f"serving {len(self._repos)} repositories")
+
+    def _open_repositories(self) -> list[Repository]:
+        return [
+            t.result()
+            for t in self._repos.values()
+            if t.done() and not t.cancelled() and t.exception() is None
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """The status map (see :mod:`trackd.daemon.status`)."""
+        repos = [r.status() for r in self._open_repositories()]
+        return {
+            "pid": os.getpid(),
+            "version": self._version,
+            "socket": str(self.path),
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "clients": sum(1 for s in self.sessions if s.repo is not None),
+            "connections": len(self.sessions),
+            "events_per_s": round(sum(float(r["events_per_s"]) for r in repos), 1),
+            "repositories": repos,
+        }
+
+    async def _drain(self) -> None:
+        for s in list(self.sessions):
+            s.stop_reading()
+        pending = [t for t in self._repos.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+        repos = self._open_repositories()
+        await asyncio.gather(*(r.drain() for r in repos))
+        if self._fatal is not None:
+            return
+        for s in list(self.sessions):
+            s.close()
+        # Let the transports write the last acks and flush replies before the loop ends.
+        if self.sessions:
+            self._no_sessions.clear()
+            try:
+                await asyncio.wait_for(self._no_sessions.wait(), 2.0)
+            except TimeoutError:
+                log.warning("%d connections did not close in time", len(self.sessions))
+        for s in list(self.sessions):
+            s.abort()
+
+    async def _abort(self) -> None:
+        for s in list(self.sessions):
+            s.abort()
+        for t in self._repos.values():
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*(r.abort() for r in self._open_repositories()))
+
+
+# -- process set-up ----------------------------------------------------------------------
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trackd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    root = logging.getLogger("trackd")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def _lock_instance(path: Path) -> int:
+    """Take ``<socket>.lock``; the descriptor holds it for the life of the process.
+
+    Raises:
+        _StartError: another daemon holds it (the message names its pid).
+    """
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = read_pidfile(path)
+        who = f"pid {pid}" if pid else "pid unknown"
+        raise _StartError(
+            f"a trackd daemon is already running ({who}) on {path}; stop it with "
+            "`trackd daemon stop`"
+        ) from None
+    return fd
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file nobody listens on; refuse anything else at the path.
+
+    Raises:
+        _StartError: the path is not a socket, or something answers on it.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise _StartError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        os.unlink(path)
+        log.info("removed stale socket %s (nobody listened on it)", path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise _StartError(f"cannot check the existing socket {path}: {e}") from e
+    finally:
+        probe.close()
+    raise _StartError(f"another process answers on {path}; refusing to replace it")
+
+
+def _bind(path: Path) -> socket.socket:
+    """Bind and listen on ``path`` with mode 0600 from birth."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise _StartError(f"cannot bind {path}: {e}") from e
+    finally:
+        os.umask(old)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _write_pidfile(path: Path) -> None:
+    pf = pidfile_path(path)
+    tmp = pf.with_name(pf.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, pf)
+
+
+def _remove_own_files(path: Path, bound: bool) -> None:
+    if read_pidfile(path) == os.getpid():
+        with contextlib.suppress(OSError):
+            pidfile_path(path).unlink()
+    if bound:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def run_daemon(settings: DaemonSettings | None = None) -> int:
+    """Run the daemon in the foreground until it is stopped.
+
+    Args:
+        settings: Tunables; defaults for everything not given.
+
+    Returns:
+        The exit status: 0 after a graceful stop, 1 when it cannot start or a log failed.
+    """
+    import uvloop
+
+    settings = settings or DaemonSettings()
+    _configure_logging(settings.log_level)
+    path = settings.socket or socket_path()
+    bound = False
+    lock_fd = -1
+    try:
+        ensure_socket_dir(path)
+        lock_fd = _lock_instance(path)
+        sock = _inherited_socket()
+        if sock is None:
+            _clear_stale_socket(path)
+            sock = _bind(path)
+            bound = True
+        _write_pidfile(path)
+        server = Server(settings, path)
+        return uvloop.run(server.serve(sock))
+    except (_StartError, ConfigError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    finally:
+        _remove_own_files(path, bound)
+        if lock_fd >= 0:
+            os.close(lock_fd)

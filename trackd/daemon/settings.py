@@ -1,0 +1,93 @@
+"""The daemon's tunables, in one frozen dataclass with documented defaults.
+
+Owns: :class:`DaemonSettings`. Imports ``trackd.wire`` and ``trackd.eventlog.record`` (for
+frame and record size limits) only.
+A config layer (``config.toml``, environment, flags) builds one of these and hands it to
+:func:`trackd.daemon.server.run_daemon`; nothing in the daemon reads the environment for a
+tunable by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from trackd.errors import ConfigError
+from trackd.eventlog.record import MAX_RECORD_SIZE
+from trackd.wire import DEFAULT_MAX_FRAME
+
+__all__ = ["DaemonSettings"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonSettings:
+    """Everything about the daemon that a user may tune.
+
+    Attributes:
+        socket: The Unix socket to serve; None means :func:`trackd.wire.address.socket_path`.
+        group_commit_max_wait: Seconds the writer waits for more events after the first one
+            of a group before it syncs. 0 (the default) syncs at once: events that arrive
+            while a sync runs form the next group anyway, so batching grows with load
+            without adding latency when the daemon is idle.
+        max_pending_bytes: Estimated memory of one repository's events held by the daemon
+            (received but not synced, or synced but not yet applied to the views; see
+            :func:`trackd.daemon.writer.memory_cost`) above which the daemon stops reading
+            that repository's connections. Default 64 MiB.
+        resume_pending_bytes: Reading resumes once the pending bytes fall below this. None
+            (the default) means half of ``max_pending_bytes``.
+        segment_size: Size at which the event log starts a new segment file. Default 64 MiB.
+        max_frame: Largest frame a client may send, in bytes (announced in Welcome).
+            Default :data:`trackd.wire.DEFAULT_MAX_FRAME` (64 MiB).
+        projector_batch_events: Most events applied to the views in one transaction.
+        spool_rescan_interval: Seconds between rescans of a spool folder while some spool
+            file is still locked by a live writer (its exit may not produce a file event).
+        shutdown_timeout: Seconds a graceful stop may take to drain before giving up.
+        log_level: Standard logging level name for the daemon's stderr log.
+    """
+
+    socket: Path | None = None
+    group_commit_max_wait: float = 0.0
+    max_pending_bytes: int = 64 << 20
+    resume_pending_bytes: int | None = None
+    segment_size: int = 64 << 20
+    max_frame: int = DEFAULT_MAX_FRAME
+    projector_batch_events: int = 20_000
+    spool_rescan_interval: float = 2.0
+    shutdown_timeout: float = 60.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.group_commit_max_wait < 0:
+            raise ConfigError(
+                f"group_commit_max_wait must be >= 0 seconds, got {self.group_commit_max_wait}"
+            )
+        if self.max_pending_bytes < 1 << 20:
+            raise ConfigError(
+                f"max_pending_bytes must be at least 1 MiB, got {self.max_pending_bytes}"
+            )
+        low = self.resume_pending_bytes
+        if low is not None and not 0 <= low < self.max_pending_bytes:
+            raise ConfigError(f"resume_pending_bytes must be in [0, max_pending_bytes), got {low}")
+        if self.segment_size < 4096:
+            raise ConfigError(f"segment_size must be at least 4096 bytes, got {self.segment_size}")
+        if not 1024 <= self.max_frame <= MAX_RECORD_SIZE:
+            # An event is smaller than its frame, so this bound keeps every event recordable.
+            raise ConfigError(
+                f"max_frame must be between 1024 and {MAX_RECORD_SIZE} bytes, got {self.max_frame}"
+            )
+        if self.projector_batch_events < 1:
+            raise ConfigError(
+                f"projector_batch_events must be positive, got {self.projector_batch_events}"
+            )
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ConfigError(
+                f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}"
+            )
+
+    @property
+    def low_water_bytes(self) -> int:
+        """Pending bytes below which paused connections resume reading."""
+        if self.resume_pending_bytes is not None:
+            return self.resume_pending_bytes
+        return self.max_pending_bytes // 2
