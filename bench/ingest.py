@@ -1,0 +1,293 @@
+"""Benchmark: the SDK's ingest path, from ``run.track()`` to durable, queryable points.
+
+Starts its own daemon (``python -m trackd daemon run``) on a private socket in a temporary
+folder, measures, and stops it. Figures are medians of ``--repeats`` runs; baselines are
+measured in the same run.
+
+1. ``track()`` cost per call (median, p99), timed one call at a time with
+   ``perf_counter_ns`` while the flusher and a daemon run; the baseline is appending the same
+   tuple to a list, timed the same way. The timer's own cost (an empty timed call) is shown
+   and subtracted from both.
+2. One process, 3 metrics x ``--steps`` steps, until ``close()`` returns: points/s.
+3. ``--procs`` processes at once, 3 metrics x ``--proc-steps`` steps each, from a common
+   start until every ``close()`` returned: aggregate points/s. Meanwhile a probe process
+   times flush barriers (one point, then ``flush()``, every 20 ms): p99 latency.
+4. Peak RSS of the daemon (``VmHWM`` from ``/proc``) after all of it.
+
+Usage::
+
+    .venv/bin/python bench/ingest.py [--repeats 3] [--steps 100000] [--procs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from trackd.sdk._connect import socket_answers
+
+TARGETS = {
+    "track_median_us": 1.0,
+    "track_p99_us": 10.0,
+    "single_pts_per_s": 500_000,
+    "multi_pts_per_s": 1_000_000,
+    "flush_p99_ms": 15.0,
+    "daemon_rss_mb": 250,
+}
+
+
+def _py(code: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        **kw,
+    )
+
+
+class Daemon:
+    """A private daemon for the benchmark."""
+
+    def __init__(self, root: Path) -> None:
+        self.sock = root / "trackd.sock"
+        self.env = dict(os.environ, TRACKD_SOCKET=str(self.sock), TRACKD_AUTOSTART="0")
+        self.log = open(root / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trackd", "daemon", "run"],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while not socket_answers(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the daemon did not start; see {root / 'daemon.log'}")
+            time.sleep(0.02)
+
+    def peak_rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+TRACK_COST = """
+    import json, time, trackd
+    N = {n}
+    run = trackd.Run(repo={repo!r})
+    track = run.track
+    ctx = {{"subset": "train"}}
+    t = time.perf_counter_ns
+    def timed(f):
+        out = [0] * N
+        for i in range(N):
+            a = t()
+            f(i)
+            out[i] = t() - a
+        return out
+    lst = []
+    ap = lst.append
+    h = run.hash
+    res = {{
+        "timer": timed(lambda i: None),
+        "list": timed(lambda i: ap((h, "loss", "k", i, 0.5, 1.0))),
+        "track": timed(lambda i: track(0.5, "loss", i, ctx)),
+        "track_literal_ctx": timed(lambda i: track(0.5, "acc", i, {{"subset": "train"}})),
+        "track_no_ctx": timed(lambda i: track(0.5, "lr")),
+    }}
+    run.close()
+    print(json.dumps(res))
+"""
+
+SINGLE = """
+    import json, time, trackd
+    run = trackd.Run(repo={repo!r})
+    ctx = {{"subset": "train"}}
+    t0 = time.perf_counter()
+    for i in range({steps}):
+        run.track(0.5, "loss", i, ctx)
+        run.track(0.25, "acc", i, ctx)
+        run.track(0.1, "lr", i, ctx)
+    t1 = time.perf_counter()
+    run.close()
+    t2 = time.perf_counter()
+    print(json.dumps({{"loop": t1 - t0, "total": t2 - t0}}))
+"""
+
+MULTI = """
+    import json, sys, time, trackd
+    run = trackd.Run(repo={repo!r})
+    ctx = {{"subset": "train"}}
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.time()
+    for i in range({steps}):
+        run.track(0.5, "loss", i, ctx)
+        run.track(0.25, "acc", i, ctx)
+        run.track(0.1, "lr", i, ctx)
+    run.close()
+    print(json.dumps({{"start": t0, "end": time.time()}}), flush=True)
+"""
+
+PROBE = """
+    import json, sys, time, trackd
+    from trackd.sdk.client import get_client
+    run = trackd.Run(repo={repo!r})
+    client = get_client(run.repo.path)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    lat = []
+    i = 0
+    deadline = time.time() + {seconds}
+    while time.time() < deadline:
+        run.track(1.0, "probe", i)
+        i += 1
+        a = time.perf_counter()
+        client.flush()
+        lat.append(time.perf_counter() - a)
+        time.sleep(0.02)
+    run.close()
+    print(json.dumps(lat), flush=True)
+"""
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def bench_track(d: Daemon, repo: Path, n: int) -> dict[str, float]:
+    p = _py(TRACK_COST.format(repo=str(repo), n=n), d.env)
+    out, _ = p.communicate(timeout=600)
+    res = json.loads(out)
+    timer = statistics.median(res["timer"])
+    row: dict[str, float] = {"timer_ns": timer}
+    for k in ("list", "track", "track_literal_ctx", "track_no_ctx"):
+        row[f"{k}_median_us"] = max(0.0, statistics.median(res[k]) - timer) / 1000
+        row[f"{k}_p99_us"] = max(0.0, _pct(res[k], 0.99) - timer) / 1000
+    return row
+
+
+def bench_single(d: Daemon, repo: Path, steps: int) -> dict[str, float]:
+    p = _py(SINGLE.format(repo=str(repo), steps=steps), d.env)
+    out, _ = p.communicate(timeout=600)
+    res = json.loads(out)
+    return {"single_pts_per_s": 3 * steps / res["total"], "single_loop_s": res["loop"]}
+
+
+def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, float]:
+    workers = [_py(MULTI.format(repo=str(repo), steps=steps), d.env) for _ in range(procs)]
+    probe = _py(PROBE.format(repo=str(repo), seconds=3.0), d.env)
+    for p in [*workers, probe]:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+    for p in [probe, *workers]:
+        assert p.stdin is not None
+        p.stdin.write("\n")
+        p.stdin.flush()
+    spans = [json.loads(p.communicate(timeout=600)[0]) for p in workers]
+    lat = json.loads(probe.communicate(timeout=600)[0])
+    elapsed = max(s["end"] for s in spans) - min(s["start"] for s in spans)
+    return {
+        "multi_pts_per_s": 3 * steps * procs / elapsed,
+        "multi_s": elapsed,
+        "flush_median_ms": statistics.median(lat) * 1000,
+        "flush_p99_ms": _pct(lat, 0.99) * 1000,
+        "flush_samples": len(lat),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=200_000, help="timed track() calls per kind")
+    ap.add_argument("--steps", type=int, default=100_000, help="steps of the single process")
+    ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--proc-steps", type=int, default=20_000)
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="td-bench-", dir="/tmp"))
+    os.chmod(root, 0o700)
+    d = Daemon(root)
+    rows: list[dict[str, float]] = []
+    try:
+        for r in range(args.repeats):
+            repo = root / f"repo{r}"
+            row: dict[str, float] = {}
+            row.update(bench_track(d, repo, args.calls))
+            row.update(bench_single(d, repo, args.steps))
+            row.update(bench_multi(d, repo, args.procs, args.proc_steps))
+            rows.append(row)
+            print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
+        rss = d.peak_rss_mb()
+    finally:
+        d.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    print(f"\ntrackd ingest benchmark: median of {args.repeats} repeats, {os.cpu_count()} CPUs")
+    print(f"timer overhead subtracted: {med['timer_ns']:.0f} ns per timed call\n")
+    lines = [
+        ("list.append(tuple) baseline, median", med["list_median_us"], "us", None),
+        ("list.append(tuple) baseline, p99", med["list_p99_us"], "us", None),
+        ("track(v, name, step, ctx) median", med["track_median_us"], "us", "track_median_us"),
+        ("track(v, name, step, ctx) p99", med["track_p99_us"], "us", "track_p99_us"),
+        ("  ratio to baseline (median)", med["track_median_us"] / med["list_median_us"], "x", None),
+        ("track(..., ctx literal per call) median", med["track_literal_ctx_median_us"], "us", None),
+        ("track(..., ctx literal per call) p99", med["track_literal_ctx_p99_us"], "us", None),
+        ("track(v, name) median", med["track_no_ctx_median_us"], "us", None),
+        ("track(v, name) p99", med["track_no_ctx_p99_us"], "us", None),
+        (
+            f"1 process, 3 x {args.steps:,} steps, until close()",
+            med["single_pts_per_s"],
+            "pts/s",
+            "single_pts_per_s",
+        ),
+        (
+            f"{args.procs} processes, 3 x {args.proc_steps:,} steps each",
+            med["multi_pts_per_s"],
+            "pts/s",
+            "multi_pts_per_s",
+        ),
+        ("flush barrier under that load, median", med["flush_median_ms"], "ms", None),
+        ("flush barrier under that load, p99", med["flush_p99_ms"], "ms", "flush_p99_ms"),
+        ("daemon peak RSS (VmHWM)", rss, "MB", "daemon_rss_mb"),
+    ]
+    print(f"{'measure':<48} {'value':>14}  {'unit':<6} target")
+    print("-" * 82)
+    for label, value, unit, key in lines:
+        target = ""
+        if key is not None:
+            goal = TARGETS[key]
+            ok = value >= goal if unit == "pts/s" else value <= goal
+            target = f"{'>=' if unit == 'pts/s' else '<='} {goal:,g}  {'ok' if ok else 'MISSED'}"
+        shown = f"{value:,.0f}" if unit == "pts/s" else f"{value:,.2f}"
+        print(f"{label:<48} {shown:>14}  {unit:<6} {target}")
+
+
+if __name__ == "__main__":
+    main()
