@@ -140,8 +140,9 @@ _RUN, _RESTART, _CLIENT = Applies.RUNTIME, Applies.RESTART, Applies.CLIENT
 SCHEMA: tuple[Setting, ...] = (
     Setting("daemon", "socket", "path", default_socket_path, _RESTART,
             "Unix socket the daemon serves and clients connect to", env="TRACKD_SOCKET"),
-    Setting("daemon", "group_commit_max_wait_ms", "float", 2.0, _RUN,
-            "longest wait to batch more events into one fdatasync", minimum=0),
+    Setting("daemon", "group_commit_max_wait_ms", "float", 0.0, _RUN,
+            "extra wait to batch events into one fdatasync (0: events arriving during a "
+            "sync form the next group anyway)", minimum=0),
     Setting("daemon", "max_pending_mb", "int", 64, _RUN,
             "unsynced bytes accepted before clients are slowed down", minimum=1),
     Setting("daemon", "segment_size_mb", "int", 64, _RESTART,

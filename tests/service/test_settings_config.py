@@ -121,7 +121,7 @@ def test_defaults(base_env: dict[str, str]) -> None:
     s = load_settings(env=base_env)
     assert s.daemon == DaemonSettings(
         socket=default_socket_path(base_env),
-        group_commit_max_wait_ms=2.0,
+        group_commit_max_wait_ms=0.0,
         max_pending_mb=64,
         segment_size_mb=64,
         max_frame_mb=64,

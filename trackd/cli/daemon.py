@@ -45,17 +45,36 @@ def daemon_group() -> None:
 @_socket_option
 @click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
-    help="Level of the log written to stderr.",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default=None,
+    help="Level of the log written to stderr (default: daemon.log_level, 'info').",
 )
-def run_cmd(socket_: Path | None, log_level: str) -> None:
-    """Run the daemon in the foreground until SIGTERM or SIGINT (exit 0), or an error (1)."""
+def run_cmd(socket_: Path | None, log_level: str | None) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT (exit 0), or an error (1).
+
+    Settings come from flags, then TRACKD_* variables, then config.toml, then defaults
+    (`trackd config show` lists them). SIGHUP re-reads them and applies what can change
+    at runtime; under systemd it speaks sd_notify and accepts socket activation.
+    """
+    from trackd.config import load_settings
     from trackd.daemon.server import run_daemon
     from trackd.daemon.settings import DaemonSettings
+    from trackd.errors import ConfigError
 
-    sys.exit(run_daemon(DaemonSettings(socket=socket_, log_level=log_level)))
+    flags: dict[str, object] = {}
+    if socket_ is not None:
+        flags["daemon.socket"] = socket_
+    if log_level is not None:
+        flags["daemon.log_level"] = log_level.lower()
+
+    def load() -> DaemonSettings:
+        return DaemonSettings.from_config(load_settings(flags=flags))
+
+    try:
+        settings = load()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    sys.exit(run_daemon(settings, reload=load))
 
 
 @daemon_group.command("start")

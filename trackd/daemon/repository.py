@@ -350,6 +350,17 @@ class Repository:
 
     # -- status ----------------------------------------------------------------------------
 
+    def update_settings(self, settings: DaemonSettings) -> None:
+        """SIGHUP: take the runtime-changeable tunables (group commit wait, memory budget)."""
+        self.settings = settings
+        self.writer.set_max_wait(settings.group_commit_max_wait)
+        # A lower budget takes effect at the next reserve(); a higher one may free readers now.
+        self.release(0)
+
+    def writer_alive(self) -> bool:
+        """True while the writer task runs (systemd's watchdog pings only then)."""
+        return bool(self._tasks) and not self._tasks[0].done()
+
     def status(self) -> dict[str, Any]:
         """This repository's part of the daemon status map."""
         w, p = self.writer, self.projector

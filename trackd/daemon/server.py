@@ -28,11 +28,13 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
+from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
+from trackd.daemon import systemd as sd
 from trackd.daemon.repository import Repository
 from trackd.daemon.session import Session
 from trackd.daemon.settings import DaemonSettings
@@ -55,29 +57,47 @@ class _StartError(Exception):
     """
 
 
-# -- systemd call sites ------------------------------------------------------------------
-# The service engineer wires trackd.daemon.systemd (sd_notify, LISTEN_FDS) into these four
-# functions; everything else calls only them.
+# -- systemd -----------------------------------------------------------------------------
+# None unless started by systemd with NOTIFY_SOCKET; every call below is then a no-op.
+_notifier: sd.Notifier | None = None
+
+#: Seconds between STATUS= updates, and between EXTEND_TIMEOUT_USEC= pings during a drain.
+STATUS_INTERVAL = 5.0
 
 
 def _notify_ready(status: str) -> None:
     """systemd: READY=1 with STATUS=``status``, once the socket accepts connections."""
     log.debug("ready: %s", status)
+    if _notifier is not None:
+        _notifier.ready(status)
 
 
 def _notify_status(status: str) -> None:
     """systemd: STATUS=``status``."""
     log.debug("status: %s", status)
+    if _notifier is not None:
+        _notifier.status(status)
 
 
 def _notify_stopping() -> None:
     """systemd: STOPPING=1, when a graceful stop begins."""
     log.debug("stopping")
+    if _notifier is not None:
+        _notifier.stopping()
 
 
 def _inherited_socket() -> socket.socket | None:
     """systemd socket activation: the listening socket passed by LISTEN_FDS, if any."""
-    return None
+    fds = sd.listen_fds()
+    if not fds:
+        return None
+    sock, name = fds[0]
+    for extra, extra_name in fds[1:]:
+        log.warning("ignoring extra inherited socket %s (fd %d)", extra_name, extra.fileno())
+        extra.close()
+    sock.setblocking(False)
+    log.info("serving the socket inherited from systemd (%s, fd %d)", name, sock.fileno())
+    return sock
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -96,8 +116,14 @@ class Server:
         exit_code: 0 after a graceful stop, 1 after a fatal error.
     """
 
-    def __init__(self, settings: DaemonSettings, path: Path) -> None:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        path: Path,
+        reload: Callable[[], DaemonSettings] | None = None,
+    ) -> None:
         self.settings = settings
+        self._reload_settings = reload
         self.path = path
         self.sessions: set[Session] = set()
         self.stopping = False
@@ -122,9 +148,15 @@ class Server:
         server = await loop.create_unix_server(lambda: Session(self), sock=sock)
         log.info("trackd daemon %s (pid %d) serving %s", self._version, os.getpid(), self.path)
         _notify_ready(f"serving {self.path}")
-        # systemd: start the WATCHDOG=1 pinger task here (it ends with this coroutine).
+        chores = [loop.create_task(self._report_status(), name="sd status")]
+        interval = _notifier.watchdog_interval() if _notifier is not None else None
+        if interval:
+            chores.append(loop.create_task(self._watchdog(interval / 2), name="sd watchdog"))
         await self._stop.wait()
         _notify_stopping()
+        for c in chores:
+            c.cancel()
+        chores = [loop.create_task(self._extend_stop_timeout(), name="sd extend")]
         server.close()
         if self._fatal is not None:
             await self._abort()
@@ -140,6 +172,8 @@ class Server:
                 await self._abort()
             if self._fatal is not None:  # the log failed while draining
                 await self._abort()
+        for c in chores:
+            c.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("trackd daemon stopped (exit status %d)", self.exit_code)
@@ -188,8 +222,76 @@ class Server:
             self._no_sessions.set()
 
     def _reload(self) -> None:
-        # systemd: RELOADING=1 ... READY=1 goes here once settings can be reloaded.
-        log.info("SIGHUP received; nothing to reload")
+        """SIGHUP: re-read the settings; apply what can change at runtime, log the rest."""
+        if _notifier is not None:
+            _notifier.reloading()
+        try:
+            if self._reload_settings is None:
+                log.info("SIGHUP received; settings were given in code, nothing to reload")
+                return
+            try:
+                new = self._reload_settings()
+            except ConfigError as e:
+                log.error("SIGHUP: keeping the current settings: %s", e)
+                return
+            old = self.settings
+            restart = [
+                n for n in ("segment_size", "max_frame") if getattr(old, n) != getattr(new, n)
+            ]
+            if new.socket not in (None, old.socket, self.path):
+                restart.append("socket")
+            runtime = replace(
+                old,
+                group_commit_max_wait=new.group_commit_max_wait,
+                max_pending_bytes=new.max_pending_bytes,
+                resume_pending_bytes=new.resume_pending_bytes,
+                log_level=new.log_level,
+                log_format=new.log_format,
+            )
+            changed = [
+                f.name for f in fields(old) if getattr(old, f.name) != getattr(runtime, f.name)
+            ]
+            self.settings = runtime
+            sd.configure_logging(runtime.log_level, _log_format(runtime.log_format))
+            for repo in self._open_repositories():
+                repo.update_settings(runtime)
+            log.info("SIGHUP: settings reloaded; changed: %s", ", ".join(changed) or "nothing")
+            if restart:
+                log.warning(
+                    "SIGHUP: %s changed but takes effect only after a restart", ", ".join(restart)
+                )
+        finally:
+            if _notifier is not None:
+                _notifier.ready(f"serving {self.path}")
+
+    async def _report_status(self) -> None:
+        """systemd: a STATUS= line every few seconds (clients, events/s, projection lag)."""
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            st = self.status()
+            lag = sum(int(r.get("lag_bytes", 0)) for r in st["repositories"])
+            _notify_status(
+                f"{st['clients']} clients, {st['events_per_s']} events/s, "
+                f"{len(st['repositories'])} repositories, projection lag {lag} B"
+            )
+
+    async def _watchdog(self, period: float) -> None:
+        """systemd: WATCHDOG=1 only while every repository's writer task is alive."""
+        assert _notifier is not None
+        while self._fatal is None:
+            if all(r.writer_alive() for r in self._open_repositories()):
+                _notifier.watchdog()
+            else:
+                log.error("a writer task is dead; withholding the watchdog ping")
+            await asyncio.sleep(period)
+
+    async def _extend_stop_timeout(self) -> None:
+        """systemd: keep extending the stop timeout while a long drain makes progress."""
+        if _notifier is None:
+            return
+        while True:
+            _notifier.extend_timeout(int(STATUS_INTERVAL * 2 * 1_000_000))
+            await asyncio.sleep(STATUS_INTERVAL)
 
     async def repository(self, root: Path) -> Repository:
         """The repository at ``root``, opened on first use (concurrent callers share it).
@@ -283,15 +385,10 @@ def _version() -> str:
         return "unknown"
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    )
-    root = logging.getLogger("trackd")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+def _log_format(fmt: str) -> Literal["auto", "journal", "text"]:
+    if fmt not in ("auto", "journal", "text"):
+        raise ConfigError(f"log format must be auto, journal or text, got {fmt!r}")
+    return cast('Literal["auto", "journal", "text"]', fmt)
 
 
 def _lock_instance(path: Path) -> int:
@@ -379,37 +476,54 @@ def _remove_own_files(path: Path, bound: bool) -> None:
             path.unlink()
 
 
-def run_daemon(settings: DaemonSettings | None = None) -> int:
+def run_daemon(
+    settings: DaemonSettings | None = None,
+    *,
+    reload: Callable[[], DaemonSettings] | None = None,
+) -> int:
     """Run the daemon in the foreground until it is stopped.
+
+    Under systemd it speaks sd_notify (READY, STATUS, RELOADING, STOPPING, WATCHDOG,
+    EXTEND_TIMEOUT_USEC) and serves a socket passed by LISTEN_FDS, which it never unlinks.
 
     Args:
         settings: Tunables; defaults for everything not given.
+        reload: Called on SIGHUP for fresh settings (the CLI re-reads config files and
+            environment with the same flags); None disables reloading.
 
     Returns:
         The exit status: 0 after a graceful stop, 1 when it cannot start or a log failed.
     """
     import uvloop
 
+    global _notifier
     settings = settings or DaemonSettings()
-    _configure_logging(settings.log_level)
     path = settings.socket or socket_path()
     bound = False
     lock_fd = -1
     try:
-        ensure_socket_dir(path)
-        lock_fd = _lock_instance(path)
+        try:
+            sd.configure_logging(settings.log_level, _log_format(settings.log_format))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        _notifier = sd.Notifier.from_env()
         sock = _inherited_socket()
         if sock is None:
+            # Only a socket we bind ourselves needs the instance lock, stale-file check and
+            # pidfile; with socket activation systemd owns the socket and its folder.
+            ensure_socket_dir(path)
+            lock_fd = _lock_instance(path)
             _clear_stale_socket(path)
             sock = _bind(path)
             bound = True
-        _write_pidfile(path)
-        server = Server(settings, path)
+            _write_pidfile(path)
+        server = Server(settings, path, reload)
         return uvloop.run(server.serve(sock))
     except (_StartError, ConfigError) as e:
         log.error("cannot start: %s", e)
         return 1
     finally:
-        _remove_own_files(path, bound)
+        if bound:
+            _remove_own_files(path, bound)
         if lock_fd >= 0:
             os.close(lock_fd)

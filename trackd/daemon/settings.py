@@ -12,12 +12,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trackd.errors import ConfigError
 from trackd.eventlog.record import MAX_RECORD_SIZE
 from trackd.wire import DEFAULT_MAX_FRAME
 
 __all__ = ["DaemonSettings"]
+
+if TYPE_CHECKING:
+    from trackd.config import Settings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +48,8 @@ class DaemonSettings:
             file is still locked by a live writer (its exit may not produce a file event).
         shutdown_timeout: Seconds a graceful stop may take to drain before giving up.
         log_level: Standard logging level name for the daemon's stderr log.
+        log_format: ``auto`` (journal prefixes when stderr is the journal), ``journal`` or
+            ``text``.
     """
 
     socket: Path | None = None
@@ -56,6 +62,25 @@ class DaemonSettings:
     spool_rescan_interval: float = 2.0
     shutdown_timeout: float = 60.0
     log_level: str = "INFO"
+    log_format: str = "auto"
+
+    @classmethod
+    def from_config(cls, settings: Settings) -> DaemonSettings:
+        """Build the daemon's tunables from the ``[daemon]`` section of the settings.
+
+        ``trackd.config`` speaks in the units users write (milliseconds, MiB); the daemon
+        works in seconds and bytes.
+        """
+        d = settings.daemon
+        return cls(
+            socket=d.socket,
+            group_commit_max_wait=d.group_commit_max_wait_ms / 1000.0,
+            max_pending_bytes=d.max_pending_mb << 20,
+            segment_size=d.segment_size_mb << 20,
+            max_frame=d.max_frame_mb << 20,
+            log_level=d.log_level.upper(),
+            log_format=d.log_format,
+        )
 
     def __post_init__(self) -> None:
         if self.group_commit_max_wait < 0:

@@ -165,6 +165,10 @@ class Writer:
         """Items waiting in the queue."""
         return self._queue.qsize()
 
+    def set_max_wait(self, seconds: float) -> None:
+        """Change the group-commit wait (SIGHUP reload); the next group uses it."""
+        self._max_wait = seconds
+
     async def run(self) -> None:
         """Write groups until :meth:`stop` is reached or the log fails."""
         queue = self._queue
