@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from trackd.sdk._connect import socket_answers
+from trackd.wire.sockfiles import pid_alive
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,21 +33,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with ``pid`` exists (zombies of our own children excluded)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 @dataclass
