@@ -58,3 +58,14 @@ def test_sighup_with_a_broken_config_keeps_the_old_settings(
     assert daemon.proc.poll() is None
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=20) == 0
+
+
+def test_sighup_as_soon_as_the_socket_answers_does_not_kill(daemon_factory: DaemonProc) -> None:
+    """A reload request racing the start-up is ignored, never fatal (default SIGHUP action)."""
+    for _ in range(5):
+        daemon = daemon_factory.start()
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert daemon.proc.poll() is None, f"SIGHUP killed the daemon:\n{daemon.log()}"
+        assert daemon.stop() == 0

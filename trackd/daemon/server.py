@@ -497,6 +497,9 @@ def run_daemon(
     import uvloop
 
     global _notifier
+    # The socket accepts connections before the loop installs its SIGHUP handler; until
+    # then a reload request must not kill the daemon with the default action.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = settings or DaemonSettings()
     path = settings.socket or socket_path()
     bound = False
