@@ -33,6 +33,7 @@ def test_sighup_applies_runtime_settings_and_reports_restart_ones(
     config.write_text('[daemon]\nlog_level = "info"\nsegment_size_mb = 64\n')
     daemon_factory.env["TRACKD_CONFIG"] = str(config)
     daemon = daemon_factory.start()
+    _wait_for(daemon, "serving")  # signal handlers are installed from here on
     config.write_text('[daemon]\nlog_level = "debug"\nsegment_size_mb = 8\n')
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
@@ -50,6 +51,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_settings(
     config.write_text('[daemon]\nlog_level = "info"\n')
     daemon_factory.env["TRACKD_CONFIG"] = str(config)
     daemon = daemon_factory.start()
+    _wait_for(daemon, "serving")
     config.write_text('[daemon]\nlog_levle = "debug"\n')
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
