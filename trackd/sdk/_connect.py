@@ -178,11 +178,20 @@ def autostart(path: Path, wait: float = AUTOSTART_WAIT) -> bool:
         os.close(fd)
 
 
+_EXEC_SHIM = (
+    "import os, sys; os.closerange(3, os.sysconf('SC_OPEN_MAX')); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'trackd', 'daemon', 'run', *sys.argv[1:]])"
+)
+
+
 def _spawn(path: Path) -> int:
     """Start ``python -m trackd daemon run`` in its own session; return its pid.
 
     ``posix_spawn`` rather than ``subprocess``: the daemon is meant to outlive this process,
-    and a ``Popen`` object would warn about it at exit.
+    and a ``Popen`` object would warn about it at exit. ``posix_spawn`` cannot close the
+    descriptors this process made inheritable (a multiprocessing worker's pipes, say), and a
+    daemon holding them would keep the parent's pipes open for ever (``trackd demo | tail``
+    never ended), so a two-line shim closes everything above stderr before the exec.
     """
     env = dict(os.environ)
     # Run the same trackd as this process, even when it is importable only via sys.path.
@@ -190,7 +199,7 @@ def _spawn(path: Path) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
     pid = os.posix_spawn(
         sys.executable,
-        [sys.executable, "-m", "trackd", "daemon", "run", "--socket", str(path)],
+        [sys.executable, "-c", _EXEC_SHIM, "--socket", str(path)],
         env,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
