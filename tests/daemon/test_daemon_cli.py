@@ -6,9 +6,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from rawclient import RawClient, point_stream
+
+from trackd.wire.sockfiles import read_pidfile
+
+if TYPE_CHECKING:
+    from conftest import DaemonProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -72,3 +78,11 @@ def test_every_daemon_command_has_help() -> None:
         out = trackd("daemon", cmd, "--help")
         assert out.returncode == 0, cmd
         assert "Usage" in out.stdout, cmd
+
+
+def test_pidfile_exists_as_soon_as_the_socket_answers(daemon_factory: DaemonProc) -> None:
+    """Whoever sees the socket answer can read the daemon's pid (no 'pid None')."""
+    for _ in range(5):
+        daemon = daemon_factory.start()
+        assert read_pidfile(daemon.socket) == daemon.pid
+        assert daemon.stop() == 0

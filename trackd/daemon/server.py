@@ -8,9 +8,10 @@ they are rebuilt from the log at the next start).
 Imports ``trackd.wire`` (address), sibling daemon modules, uvloop.
 
 Start-up, in order: take an exclusive ``flock`` on ``<socket>.lock`` (a second daemon exits
-1 naming the first one's pid); remove a stale socket file only if it *is* a socket and
-connecting to it is refused; bind with a umask so the socket is 0600 from birth; write
-``<socket>.pid``. Both files are removed at exit.
+1 naming the first one's pid); write ``<socket>.pid`` (so whoever sees the socket answer can
+read the pid); remove a stale socket file only if it *is* a socket and connecting to it is
+refused; bind with a umask so the socket is 0600 from birth. Both files are removed at exit.
+With socket activation none of this happens: systemd owns the socket and its folder.
 
 Graceful stop: stop accepting, stop reading (everything read is already queued), let every
 repository's writer sync and projector apply what is queued, answer pending flushes, close
@@ -516,17 +517,18 @@ def run_daemon(
             # pidfile; with socket activation systemd owns the socket and its folder.
             ensure_socket_dir(path)
             lock_fd = _lock_instance(path)
+            # Before binding: whoever sees the socket answer can read the pid at once.
+            _write_pidfile(path)
             _clear_stale_socket(path)
             sock = _bind(path)
             bound = True
-            _write_pidfile(path)
         server = Server(settings, path, reload)
         return uvloop.run(server.serve(sock))
     except (_StartError, ConfigError) as e:
         log.error("cannot start: %s", e)
         return 1
     finally:
-        if bound:
+        if lock_fd >= 0:  # we own the pidfile (and the socket if we bound it)
             _remove_own_files(path, bound)
         if lock_fd >= 0:
             os.close(lock_fd)
