@@ -13,7 +13,12 @@ from eventlog_support import flip_bit, payload_position, segments, snapshot
 
 from trackd.errors import LogCorruptedError, LogError
 from trackd.eventlog.log import EventLog
-from trackd.eventlog.record import SEGMENT_HEADER_SIZE, encode_segment_header
+from trackd.eventlog.record import (
+    RECORD_HEADER_SIZE,
+    SEGMENT_FORMAT_VERSION,
+    SEGMENT_HEADER_SIZE,
+    encode_segment_header,
+)
 from trackd.eventlog.segment import parse_segment_name
 
 
@@ -55,7 +60,9 @@ def test_recovery_from_every_truncation_point_of_last_segment(tmp_path: Path) ->
         with open(d / last.name, "r+b") as f:
             f.truncate(length)
         survivors = [
-            p for p, o in zip(data, offsets, strict=True) if o + 12 + len(p) <= base + length
+            p
+            for p, o in zip(data, offsets, strict=True)
+            if o + RECORD_HEADER_SIZE + len(p) <= base + length
         ]
         with EventLog.open(d, segment_size=200) as log:
             assert [r.payload for r in log.read()] == survivors, length
@@ -287,7 +294,7 @@ def test_newer_format_version_is_refused_untouched(tmp_path: Path) -> None:
     d = tmp_path / "log"
     make_log(d, payloads(3))
     (seg,) = segments(d)
-    body = struct.pack("<8sHHQ", b"TRKDLOG\0", 2, 0, 0)
+    body = struct.pack("<8sHHQ", b"TRKDLOG\0", SEGMENT_FORMAT_VERSION + 1, 0, 0)
     raw = seg.read_bytes()
     seg.write_bytes(body + struct.pack("<I", crc32c(body)) + raw[SEGMENT_HEADER_SIZE:])
     before = snapshot(d)

@@ -20,6 +20,13 @@ Crash safety rests on three orderings:
 * ``synced_offset`` moves only after ``fdatasync`` returned, and after a failed write or
   ``fdatasync`` the instance refuses all further writes (the kernel may have dropped the
   dirty pages and cleared the error, so a retry would prove nothing).
+
+Each record carries the ``synced_offset`` of the moment it was appended (its
+``durable_before`` field, see :mod:`trackd.eventlog.record`). A crash may lose unsynced pages
+in any pattern, so recovery can find bad bytes at offset ``p`` of the last segment followed
+by valid records. It treats them as corruption only when a later valid record has
+``durable_before > p`` (the bad bytes had been durable, so they may have been acknowledged);
+otherwise everything from ``p`` on was never synced and is cut as a torn tail.
 """
 
 from __future__ import annotations
@@ -423,6 +430,7 @@ class EventLog:
             self._check_writable()
             seg = self._segments[-1]
             end = self._end
+            durable_before = self._synced
             batch = self._pending[-1] if self._pending else None
             offsets: list[int] = []
             for p in items:
@@ -437,7 +445,7 @@ class EventLog:
                 if batch is None:
                     batch = _Batch(seg, pos)
                     self._pending.append(batch)
-                batch.parts.append(record_header(p))
+                batch.parts.append(record_header(p, durable_before))
                 batch.parts.append(p)
                 if end >= seg.next_mark:
                     seg.marks.append(end)
@@ -778,6 +786,8 @@ def _recover(fs: FileSystem, directory: str, qroot: str) -> tuple[list[_Segment]
                 f"segment {path} has a newer format than format version "
                 f"{SEGMENT_FORMAT_VERSION}, the newest this build reads; upgrade trackd"
             )
+        if scan.header is HeaderStatus.OLD_VERSION:
+            raise LogError(_old_version_message(path))
         if scan.header is not HeaderStatus.OK:
             if last and scan.later_valid is None:
                 # A crash while the segment was being created: it never held a record.
@@ -797,14 +807,13 @@ def _recover(fs: FileSystem, directory: str, qroot: str) -> tuple[list[_Segment]
             expected = base + scan.size
             continue
         bad = base + scan.good_end
-        if last and scan.later_valid is None:
+        if last and scan.later_durable is None:
             with _translated("cut", path):
                 _truncate(fs, path, scan.good_end)
             cut = scan.size - scan.good_end
-            torn = TornTail(path, bad, cut, scan.reason.value)
-            actions.append(
-                f"cut a torn tail of {cut} bytes ({scan.reason.value}) from {path} at offset {bad}"
-            )
+            reason = _torn_reason(scan, base)
+            torn = TornTail(path, bad, cut, reason)
+            actions.append(f"cut a torn tail of {cut} bytes ({reason}) from {path} at offset {bad}")
             segments.append(_Segment(base, path, scan.good_end, True, scan.marks))
             break
         damage = _Damage(i, path, bad, _damage_reason(scan, base, last), scan.good_end)
@@ -836,12 +845,46 @@ def _recover(fs: FileSystem, directory: str, qroot: str) -> tuple[list[_Segment]
 
 
 def _damage_reason(scan: SegmentScan, base: int, last: bool) -> str:
+    """Why the bad bytes a scan found are corruption (not a torn tail), in words."""
     reason = scan.reason.value
-    if scan.later_valid is not None:
+    if last and scan.later_durable is not None:
+        pos, durable_before = scan.later_durable
+        return (
+            f"{reason}, with a valid record after it at offset {base + pos} that was written "
+            f"when the log was durable up to offset {durable_before}, past the bad bytes"
+        )
+    if scan.later_valid is not None and last:
         return f"{reason}, with a valid record after it at offset {base + scan.later_valid}"
+    if scan.later_valid is not None:
+        return (
+            f"{reason}, with a valid record after it at offset {base + scan.later_valid}, "
+            "in a segment that is not the last one"
+        )
     if not last:
         return f"{reason}, in a segment that is not the last one"
     return reason
+
+
+def _torn_reason(scan: SegmentScan, base: int) -> str:
+    """The reason of a torn tail cut from the last segment, in words."""
+    reason = scan.reason.value
+    if scan.later_valid is None:
+        return reason
+    return (
+        f"{reason}; the valid records after it, from offset {base + scan.later_valid}, were "
+        f"written before offset {base + scan.good_end} was durable, so none of them was "
+        "ever acknowledged"
+    )
+
+
+def _old_version_message(path: str) -> str:
+    return (
+        f"segment {path} has segment format version 1, written by a development build of "
+        f"trackd before the first release; this build reads format version "
+        f"{SEGMENT_FORMAT_VERSION} only (records now carry a durable-before offset that "
+        "version 1 lacks). Move the log folder aside and start a new repository, or read it "
+        "with the build that wrote it"
+    )
 
 
 def _quarantine(
@@ -974,14 +1017,18 @@ def _verify(
         torn = False
         if expected is not None and base != expected:
             error, error_offset = f"previous segment ends at offset {expected}", base
+        elif scan.header is HeaderStatus.OLD_VERSION:
+            error, error_offset = _old_version_message(path), base
         elif scan.header is not HeaderStatus.OK:
             error, error_offset = scan.header.value, base
             torn = last and scan.later_valid is None
         elif scan.reason is not StopReason.END:
-            error, error_offset = _damage_reason(scan, base, last), base + scan.good_end
-            torn = last and scan.later_valid is None
+            torn = last and scan.later_durable is None
             if torn:
-                error += " (a torn tail: the next open cuts it)"
+                error = _torn_reason(scan, base) + " (a torn tail: the next open cuts it)"
+            else:
+                error = _damage_reason(scan, base, last)
+            error_offset = base + scan.good_end
         reports.append(
             SegmentReport(
                 path=path,

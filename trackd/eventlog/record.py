@@ -7,21 +7,35 @@ Imports: ``trackd.errors``, crc32c, stdlib.
 Segment header (:data:`SEGMENT_HEADER_SIZE` = 24 bytes, little-endian)::
 
     magic    8s   b"TRKDLOG\\0"
-    version  u16  SEGMENT_FORMAT_VERSION (1)
+    version  u16  SEGMENT_FORMAT_VERSION (2)
     reserved u16  0
     base     u64  global log offset of the first byte of this file (the file is named by it)
     crc      u32  CRC32C of the 20 bytes before it
 
-Record (:data:`RECORD_HEADER_SIZE` = 12 bytes, then the payload)::
+Record (:data:`RECORD_HEADER_SIZE` = 20 bytes, then the payload)::
 
-    marker   4s   RECORD_MARKER, so a scan can find candidate records with bytes.find
-    crc      u32  CRC32C of the next 4 bytes and the payload (length + payload)
-    length   u32  payload length, 1 .. MAX_RECORD_SIZE
+    marker          4s   RECORD_MARKER, so a scan can find candidate records with bytes.find
+    crc             u32  CRC32C of the next 12 bytes and the payload
+    length          u32  payload length, 1 .. MAX_RECORD_SIZE
+    durable_before  u64  the writer's synced offset when it appended the record: every byte
+                         of the log before this offset was durable (fdatasync had returned)
     payload
 
 The crc sits before the length so that the checksummed bytes are contiguous and one
 ``crc32c`` call over a memoryview checks a record without copying it. A zero-filled region
 never parses as a record: the marker has no zero byte and a length of 0 is invalid.
+
+Why ``durable_before``: a crash may lose unsynced writes page by page, so a later unsynced
+record can survive while an earlier one is lost. Recovery then sees bad bytes at offset ``p``
+followed by valid records. Those bad bytes can only have been acknowledged if some later
+record was appended after they were durable, that is with ``durable_before > p``; when no
+later record says so, the whole region from ``p`` on was never acknowledged and is a torn
+tail (see :mod:`trackd.eventlog.log`). Spool files, which have no log offsets, write 0.
+
+Format versions: 1 had a 12-byte record header without ``durable_before``; it was written
+only by development builds before the first release and is refused with
+:attr:`HeaderStatus.OLD_VERSION` (no upgrade path: a version-1 log is not read at all, so it
+cannot be misread).
 """
 
 from __future__ import annotations
@@ -51,12 +65,13 @@ __all__ = [
     "encode_records",
     "encode_segment_header",
     "find_record",
+    "record_durable_before",
     "record_header",
     "scan_records",
 ]
 
 SEGMENT_MAGIC = b"TRKDLOG\0"
-SEGMENT_FORMAT_VERSION = 1
+SEGMENT_FORMAT_VERSION = 2
 _SEGMENT_HEADER = struct.Struct("<8sHHQI")
 SEGMENT_HEADER_SIZE = _SEGMENT_HEADER.size
 _SEGMENT_HEADER_BODY = struct.Struct("<8sHHQ")
@@ -64,9 +79,13 @@ _SEGMENT_HEADER_BODY = struct.Struct("<8sHHQ")
 # 0xc1 is the one byte msgpack never emits as a type tag, so the marker is rare at the start
 # of msgpack structures; the rest is arbitrary and free of zero bytes.
 RECORD_MARKER = b"\xc1\x7e\xd3\x9a"
-_RECORD_HEADER = struct.Struct("<4sII")
+_RECORD_HEADER = struct.Struct("<4sIIQ")
 RECORD_HEADER_SIZE = _RECORD_HEADER.size
 _LENGTH = struct.Struct("<I")
+_CHECKED_FIELDS = struct.Struct("<IQ")  # length, durable_before: the header part under the crc
+_DURABLE_BEFORE = struct.Struct("<Q")
+_DURABLE_BEFORE_AT = 12  # position of durable_before in a record header
+_MAX_U64 = (1 << 64) - 1
 MAX_RECORD_SIZE = 256 << 20
 _ZERO_HEADER = bytes(RECORD_HEADER_SIZE)
 
@@ -80,6 +99,7 @@ class HeaderStatus(enum.Enum):
     BAD_MAGIC = "segment header does not start with the trackd log magic"
     BAD_CRC = "segment header checksum mismatch"
     NEWER_VERSION = "segment format version is newer than this build reads"
+    OLD_VERSION = "segment format version is older than this build reads"
     WRONG_BASE = "segment header names a different base offset than the file name"
 
 
@@ -151,6 +171,8 @@ def check_segment_header(data: bytes, base_offset: int) -> HeaderStatus:
         return HeaderStatus.BAD_CRC
     if version > SEGMENT_FORMAT_VERSION:
         return HeaderStatus.NEWER_VERSION
+    if version < SEGMENT_FORMAT_VERSION:
+        return HeaderStatus.OLD_VERSION
     if base != base_offset:
         return HeaderStatus.WRONG_BASE
     return HeaderStatus.OK
@@ -171,34 +193,64 @@ def check_payload(payload: bytes) -> None:
         )
 
 
-def record_header(payload: bytes) -> bytes:
-    """Return the 12-byte header that frames ``payload`` (already checked by the caller)."""
+def record_header(payload: bytes, durable_before: int = 0) -> bytes:
+    """Return the header that frames ``payload`` (already checked by the caller).
+
+    Args:
+        payload: The record payload.
+        durable_before: The writer's synced offset now (0 when the file has no log offsets).
+    """
     n = len(payload)
-    return _RECORD_HEADER.pack(RECORD_MARKER, crc32c(payload, crc32c(_LENGTH.pack(n))), n)
+    checked = _CHECKED_FIELDS.pack(n, durable_before)
+    return _RECORD_HEADER.pack(RECORD_MARKER, crc32c(payload, crc32c(checked)), n, durable_before)
 
 
-def encode_record(payload: bytes) -> bytes:
+def _check_durable_before(durable_before: int) -> None:
+    if type(durable_before) is not int or not 0 <= durable_before <= _MAX_U64:
+        raise LogError(f"durable_before must be an int in [0, 2**64), got {durable_before!r}")
+
+
+def encode_record(payload: bytes, durable_before: int = 0) -> bytes:
     """Frame one payload as a record.
 
+    Args:
+        payload: The record payload.
+        durable_before: The writer's synced offset when it appends the record; 0 (the
+            default) for files without log offsets, such as spool files.
+
     Raises:
-        LogError: the payload is empty or longer than :data:`MAX_RECORD_SIZE`.
+        LogError: the payload is empty or longer than :data:`MAX_RECORD_SIZE`, or
+            ``durable_before`` is not a u64.
     """
     check_payload(payload)
-    return record_header(payload) + payload
+    _check_durable_before(durable_before)
+    return record_header(payload, durable_before) + payload
 
 
-def encode_records(payloads: Iterable[bytes]) -> bytes:
+def encode_records(payloads: Iterable[bytes], durable_before: int = 0) -> bytes:
     """Frame many payloads as consecutive records with a single copy of the data.
 
+    Args:
+        payloads: The record payloads.
+        durable_before: Written into every record; see :func:`encode_record`.
+
     Raises:
-        LogError: a payload is empty or longer than :data:`MAX_RECORD_SIZE`.
+        LogError: a payload is empty or longer than :data:`MAX_RECORD_SIZE`, or
+            ``durable_before`` is not a u64.
     """
+    _check_durable_before(durable_before)
     parts: list[bytes] = []
     for p in payloads:
         check_payload(p)
-        parts.append(record_header(p))
+        parts.append(record_header(p, durable_before))
         parts.append(p)
     return b"".join(parts)
+
+
+def record_durable_before(buf: bytes | memoryview, start: int) -> int:
+    """Return the ``durable_before`` field of the (valid) record starting at ``buf[start]``."""
+    (value,) = _DURABLE_BEFORE.unpack_from(buf, start + _DURABLE_BEFORE_AT)
+    return int(value)
 
 
 def scan_records(
@@ -233,7 +285,7 @@ def scan_records(
     last = stop - hsize
     left = -1 if limit is None else limit
     while pos <= last and left != 0:
-        marker, crc, length = unpack(buf, pos)
+        marker, crc, length, _durable_before = unpack(buf, pos)
         rec_end = pos + hsize + length
         if (
             marker != marker_ok
@@ -260,7 +312,7 @@ def _stop_reason(view: memoryview, pos: int, stop: int) -> tuple[StopReason, int
         if not any(view[pos:stop]):
             return StopReason.ZEROS, RECORD_HEADER_SIZE
         return StopReason.SHORT_HEADER, RECORD_HEADER_SIZE
-    marker, _crc, length = _RECORD_HEADER.unpack_from(view, pos)
+    marker, _crc, length, _durable_before = _RECORD_HEADER.unpack_from(view, pos)
     if marker != RECORD_MARKER:
         if view[pos : pos + RECORD_HEADER_SIZE] == _ZERO_HEADER:
             return StopReason.ZEROS, 0

@@ -19,6 +19,7 @@ from trackd.eventlog.record import (
     StopReason,
     check_segment_header,
     find_record,
+    record_durable_before,
     scan_records,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "SEGMENT_SUFFIX",
     "RecordWalk",
     "SegmentScan",
+    "find_durable_after",
     "find_valid_record",
     "parse_segment_name",
     "scan_segment",
@@ -164,6 +166,49 @@ def _valid_at(fs: FileSystem, fd: int, pos: int, end: int, needed: int) -> bool:
     return False
 
 
+def find_durable_after(
+    fs: FileSystem,
+    fd: int,
+    start: int,
+    end: int,
+    bad_offset: int,
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[int, int] | None:
+    """Find a valid record in ``[start, end)`` whose writer knew ``bad_offset`` was durable.
+
+    Walks every valid record after ``start`` (searching past further bad regions) and
+    returns the first whose ``durable_before`` field is greater than ``bad_offset``: proof
+    that the bytes at ``bad_offset`` had been made durable (and may have been acknowledged)
+    before that record was written, so damage there is corruption, not a torn write.
+
+    Args:
+        fs: The file system to read through.
+        fd: The open segment file.
+        start: File position to start searching at.
+        end: File position where the data ends.
+        bad_offset: Global offset of the bad bytes (``durable_before`` is global too).
+        chunk_size: Read size.
+
+    Returns:
+        ``(file_position, durable_before)`` of that record, or None when there is none.
+    """
+    pos = start
+    while pos < end:
+        found = find_valid_record(fs, fd, pos, end, chunk_size)
+        if found is None:
+            return None
+        walk = RecordWalk(fs, fd, found, end, chunk_size)
+        for file_pos, buf, spans in walk:
+            for s, _e in spans:
+                durable_before = record_durable_before(buf, s)
+                if durable_before > bad_offset:
+                    return file_pos + s, durable_before
+        if walk.reason is StopReason.END:
+            return None
+        pos = walk.stop + 1
+    return None
+
+
 @dataclass(slots=True)
 class SegmentScan:
     """What one pass over a segment file found.
@@ -177,6 +222,11 @@ class SegmentScan:
             problem found at ``good_end``.
         later_valid: File position of a valid record after the problem, or None when there
             is none (the bad bytes may be a torn tail).
+        later_durable: ``(file_position, durable_before)`` of the first valid record after
+            the problem that was written when the log was durable past the problem's offset,
+            or None. Only such a record proves that the bad bytes had been durable; without
+            one, bad bytes in the last segment are a torn tail even when valid (never
+            synced) records follow them.
         marks: Global offsets of record starts, at least :data:`MARK_INTERVAL` apart.
     """
 
@@ -186,6 +236,7 @@ class SegmentScan:
     good_end: int = 0
     reason: StopReason = StopReason.END
     later_valid: int | None = None
+    later_durable: tuple[int, int] | None = None
     marks: list[int] = field(default_factory=list)
 
     @property
@@ -233,8 +284,11 @@ def scan_segment(
                         marks.append(at + s)
                         next_mark = at + s + MARK_INTERVAL
         later = None
+        durable = None
         if walk.reason is not StopReason.END:
             later = find_valid_record(fs, fd, walk.stop + 1, size)
+            if later is not None:
+                durable = find_durable_after(fs, fd, later, size, base_offset + walk.stop)
         return SegmentScan(
             size=size,
             header=header,
@@ -242,6 +296,7 @@ def scan_segment(
             good_end=walk.stop,
             reason=walk.reason,
             later_valid=later,
+            later_durable=durable,
             marks=marks,
         )
     finally:
