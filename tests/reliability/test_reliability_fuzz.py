@@ -33,7 +33,6 @@ from fuzzing import (
     WRONG_FRAMES,
     frame,
     harness,
-    known_decode_bug,
     mutate,
     random_stream,
     run_harness,
@@ -181,8 +180,7 @@ def test_every_field_with_every_wrong_type_is_refused_cleanly() -> None:
         except EventError:
             verdicts["event refused"] = verdicts.get("event refused", 0) + 1
         except Exception as e:
-            if not known_decode_bug(p):
-                unexpected.append(f"{type(e).__name__}: {e} for {msgpack.unpackb(p)!r}")
+            unexpected.append(f"{type(e).__name__}: {e} for {msgpack.unpackb(p)!r}")
     assert not unexpected, unexpected
     assert verdicts.get("protocol: ProtocolError", 0) > 100, verdicts
     assert verdicts["event refused"] > 200, verdicts
@@ -194,13 +192,6 @@ def _params_event(path: Any) -> bytes:
     return msgpack.packb(["params.set", 1, b"\x01" * 16, 1, 0.0, body])  # type: ignore[no-any-return]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG(eventlog/events.py): _validate iterates ParamsSet.path without checking it is "
-    "an array, so a number/bool/nil path raises TypeError out of decode_event (the daemon "
-    "then logs a traceback and closes the connection with 'internal error') and a string "
-    "path is taken as a list of its characters",
-)
 @pytest.mark.parametrize("path", [None, 5, 1.5, True, "abc"])
 def test_decode_event_refuses_a_params_path_that_is_not_an_array(path: Any) -> None:
     """params.set with a path that is not an array of strings raises EventError."""
@@ -208,12 +199,6 @@ def test_decode_event_refuses_a_params_path_that_is_not_an_array(path: Any) -> N
         decode_event(_params_event(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG(eventlog/events.py): _validate_points tests 'value_dtype in "
-    "NUMERIC_VALUE_DTYPES' (a frozenset) without checking it is a string, so a map or "
-    "array value_dtype raises TypeError: unhashable type out of decode_event",
-)
 @pytest.mark.parametrize("dtype", [{}, {"a": 1}, [{}]])
 def test_decode_event_refuses_an_unhashable_value_dtype(dtype: Any) -> None:
     """sequence.appended with a map/array value_dtype raises EventError."""
@@ -406,13 +391,6 @@ def test_live_daemon_survives_fuzz_connections(
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG(eventlog/events.py, seen through the daemon): decode_event raises TypeError "
-    "for a params.set event whose path is a number, so Session._append does not reject the "
-    "frame with an EventError reply (id 0, connection kept) but logs a traceback and drops "
-    "the connection with 'internal error in the daemon'",
-)
 def test_live_daemon_rejects_a_bad_params_path_as_an_event_error(
     socket_env: Path, tmp_path: Path
 ) -> None:

@@ -409,9 +409,13 @@ def decode_event(payload: bytes | memoryview) -> Event:
             client_time=float(client_time),
             **_thaw(cls, body),
         )
-    except TypeError as e:
+        _validate(event)
+    except (TypeError, ValueError, AttributeError) as e:
+        # Field checks above name the usual mistakes; anything else a hostile payload can
+        # provoke is still an EventError, never a crash of whoever decodes it.
+        if isinstance(e, EventError):
+            raise
         raise EventError(f"{etype}: bad fields: {e}") from e
-    _validate(event)
     return event
 
 
@@ -446,8 +450,8 @@ def _validate(event: Event) -> None:
     if container is not None and (not isinstance(container, str) or not container):
         raise EventError(f"{etype}: container must be a non-empty string")
     if isinstance(event, ParamsSet):
-        if not all(isinstance(p, str) for p in event.path):
-            raise EventError(f"{etype}: path must be a list of strings")
+        if not isinstance(event.path, tuple) or not all(isinstance(p, str) for p in event.path):
+            raise EventError(f"{etype}: path must be an array of strings, got {event.path!r}")
     elif isinstance(event, SequenceAppended):
         _validate_points(event)
 
@@ -468,6 +472,8 @@ def _validate_points(ev: SequenceAppended) -> None:
             raise EventError(f"{etype}: object values are not valid msgpack: {e}") from e
         if not isinstance(items, list) or len(items) != n:
             raise EventError(f"{etype}: expected {n} object values")
+    elif not isinstance(ev.value_dtype, str):
+        raise EventError(f"{etype}: value_dtype must be a string, got {ev.value_dtype!r}")
     elif ev.value_dtype in NUMERIC_VALUE_DTYPES:
         if len(ev.values) != n * np.dtype(ev.value_dtype).itemsize:
             raise EventError(
