@@ -174,12 +174,6 @@ def test_failing_views_write_stops_the_daemon_and_restart_recovers(
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG(daemon): Server.fatal() takes the errno from exc.__cause__, but a ViewsError "
-    "wraps sqlite3.OperationalError, which has no errno, so the CRITICAL line says "
-    "'projection failed (errno None ?)' instead of naming SQLITE_FULL / the disk being full",
-)
 def test_critical_line_of_a_failed_views_write_names_the_cause(
     socket_env: Path, tmp_path: Path
 ) -> None:

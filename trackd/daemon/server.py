@@ -201,16 +201,12 @@ class Server:
         # Stop acking now: no session may hear of durability any more.
         for s in list(self.sessions):
             s.abort()
-        cause = exc if isinstance(exc, OSError) else exc.__cause__
-        err = getattr(cause, "errno", None)
-        errname = errno.errorcode.get(err, "?") if isinstance(err, int) else "?"
         what = "log write or fsync" if isinstance(exc, (LogIOError, OSError)) else "projection"
         log.critical(
-            "%s failed (errno %s %s): %s: %s; stopping without acknowledging more; "
+            "%s failed (%s): %s: %s; stopping without acknowledging more; "
             "the next start recovers from the log",
             what,
-            err,
-            errname,
+            _root_cause(exc),
             type(exc).__name__,
             exc,
         )
@@ -372,6 +368,20 @@ class Server:
             if not t.done():
                 t.cancel()
         await asyncio.gather(*(r.abort() for r in self._open_repositories()))
+
+
+def _root_cause(exc: BaseException) -> str:
+    """Name the OS or SQLite error under ``exc`` (``errno 28 ENOSPC``, ``SQLITE_FULL``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        err = getattr(seen, "errno", None)
+        if isinstance(err, int):
+            return f"errno {err} {errno.errorcode.get(err, '?')}"
+        name = getattr(seen, "sqlite_errorname", None)  # sqlite3.Error, Python >= 3.11
+        if isinstance(name, str):
+            return name
+        seen = seen.__cause__ or seen.__context__
+    return "no OS or SQLite error code"
 
 
 # -- process set-up ----------------------------------------------------------------------
