@@ -353,12 +353,6 @@ def test_flipped_bit_in_a_chunk_blob_is_detected(
     assert live == rebuilt
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG(views): open_views does not compare the file size with page_count * "
-    "page_size; SQLite reads the missing end of a truncated views.db as zeros and "
-    "quick_check passes, so readers get zeroed points instead of a rebuild",
-)
 def test_truncated_views_file_is_detected(
     pristine_log: tuple[Path, list[LogRecordInfo]], tmp_path: Path
 ) -> None:

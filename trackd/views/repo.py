@@ -58,6 +58,23 @@ def _environmental(e: sqlite3.Error) -> bool:
     return any(name == c or name.startswith(c + "_") for c in _ENVIRONMENTAL)
 
 
+def _truncated(conn: sqlite3.Connection, path: Path) -> str:
+    """Why the main file is shorter than SQLite believes, or "" when it is whole.
+
+    SQLite reads the missing end of a cut file as zeros and quick_check passes, so readers
+    would get zeroed points. Only decidable without a WAL: pages may live there instead.
+    """
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return ""
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    size = path.stat().st_size
+    if size < pages * page_size:
+        return f"the file is truncated ({size} bytes, {pages} pages of {page_size})"
+    return ""
+
+
 def open_views(
     dot_trackd_dir: str | os.PathLike[str],
     log: LogSource,
@@ -120,6 +137,10 @@ def _open_existing(
         if check != ["ok"]:
             conn.close()
             return None, f"quick_check failed: {'; '.join(map(str, check[:3]))}"
+        short = _truncated(conn, path)
+        if short:
+            conn.close()
+            return None, short
         views = SQLiteViews(conn, path, policy)
     except (sqlite3.Error, ViewsError) as e:
         conn.close()
