@@ -10,9 +10,18 @@ measured in the same run.
    and subtracted from both.
 2. One process, 3 metrics x ``--steps`` steps, until ``close()`` returns: points/s.
 3. ``--procs`` processes at once, 3 metrics x ``--proc-steps`` steps each, from a common
-   start until every ``close()`` returned: aggregate points/s. Meanwhile a probe process
-   times flush barriers (one point, then ``flush()``, every 20 ms): p99 latency.
+   start until every ``close()`` returned: aggregate points/s. Start-up (``import trackd``,
+   creating the run, connecting) happens before the common start: each process waits at a
+   start gate (end of file on one shared pipe, so that all start at once). Meanwhile a
+   probe process times flush barriers (one point, then ``flush()``, every 20 ms) from that
+   start until the last ``close()`` returned, so every sample is taken under load: p99
+   latency. Also shown: CPU time per point of the producers (all their threads, from the
+   start to their ``close()``) and of the daemon over the same span, to tell where the
+   time goes.
 4. Peak RSS of the daemon (``VmHWM`` from ``/proc``) after all of it.
+
+The daemon runs in a session of its own, as ``trackd daemon start``, the SDK's auto-start
+and systemd run it (``BENCH_DAEMON_SESSION=same`` keeps it in the benchmark's session).
 
 Usage::
 
@@ -71,6 +80,11 @@ class Daemon:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # In a session of its own, as `trackd daemon start` and the SDK's auto-start
+            # run it (setsid) and as systemd runs it (its own cgroup). With the kernel's
+            # autogroup scheduling a daemon inside the trainers' session would compete with
+            # each of their threads, which no deployment does.
+            start_new_session=os.environ.get("BENCH_DAEMON_SESSION", "own") == "own",
         )
         deadline = time.monotonic() + 20
         while not socket_answers(self.sock):
@@ -84,6 +98,12 @@ class Daemon:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the daemon used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -99,6 +119,7 @@ TRACK_COST = """
     import json, time, trackd
     N = {n}
     run = trackd.Run(repo={repo!r})
+    run.repo.flush()  # the run exists and its connection is up: start-up, not measured
     track = run.track
     ctx = {{"subset": "train"}}
     t = time.perf_counter_ns
@@ -126,6 +147,7 @@ TRACK_COST = """
 SINGLE = """
     import json, time, trackd
     run = trackd.Run(repo={repo!r})
+    run.repo.flush()  # the run exists and its connection is up: start-up, not measured
     ctx = {{"subset": "train"}}
     t0 = time.perf_counter()
     for i in range({steps}):
@@ -139,31 +161,40 @@ SINGLE = """
 """
 
 MULTI = """
-    import json, sys, time, trackd
+    import json, os, resource, sys, time, trackd
     run = trackd.Run(repo={repo!r})
+    run.repo.flush()  # the run exists and its connection is up: start-up, not measured
     ctx = {{"subset": "train"}}
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
     print("ready", flush=True)
-    sys.stdin.readline()
+    os.read({gate}, 1)  # the start gate: end of file, for every process at once
     t0 = time.time()
+    c0 = cpu()
     for i in range({steps}):
         run.track(0.5, "loss", i, ctx)
         run.track(0.25, "acc", i, ctx)
         run.track(0.1, "lr", i, ctx)
     run.close()
-    print(json.dumps({{"start": t0, "end": time.time()}}), flush=True)
+    print(json.dumps({{"start": t0, "end": time.time(), "cpu": cpu() - c0}}), flush=True)
 """
 
 PROBE = """
-    import json, sys, time, trackd
+    import json, os, sys, threading, time, trackd
     from trackd.sdk.client import get_client
     run = trackd.Run(repo={repo!r})
+    run.repo.flush()  # the run exists and its connection is up: start-up, not measured
     client = get_client(run.repo.path)
     print("ready", flush=True)
-    sys.stdin.readline()
+    os.read({gate}, 1)  # the start gate: end of file, for every process at once
+    # Runs until the parent says every worker's close() returned: only under load.
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
     lat = []
     i = 0
     deadline = time.time() + {seconds}
-    while time.time() < deadline:
+    while not stop.is_set() and time.time() < deadline:
         run.track(1.0, "probe", i)
         i += 1
         a = time.perf_counter()
@@ -200,21 +231,29 @@ def bench_single(d: Daemon, repo: Path, steps: int) -> dict[str, float]:
 
 
 def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, float]:
-    workers = [_py(MULTI.format(repo=str(repo), steps=steps), d.env) for _ in range(procs)]
-    probe = _py(PROBE.format(repo=str(repo), seconds=3.0), d.env)
+    # Every process waits for end of file on one pipe: closing it starts all of them with
+    # one system call, where a line written to each in turn started the last one ~20 ms late.
+    gate, release = os.pipe()
+    code = MULTI.format(repo=str(repo), steps=steps, gate=gate)
+    workers = [_py(code, d.env, pass_fds=(gate,)) for _ in range(procs)]
+    probe = _py(PROBE.format(repo=str(repo), seconds=120.0, gate=gate), d.env, pass_fds=(gate,))
+    os.close(gate)
     for p in [*workers, probe]:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
-    for p in [probe, *workers]:
-        assert p.stdin is not None
-        p.stdin.write("\n")
-        p.stdin.flush()
+    cpu0 = d.cpu_seconds()
+    os.close(release)
     spans = [json.loads(p.communicate(timeout=600)[0]) for p in workers]
-    lat = json.loads(probe.communicate(timeout=600)[0])
+    daemon_cpu = d.cpu_seconds() - cpu0
+    # The probe times flushes while the workers run, and stops once the last close() returned.
+    lat = json.loads(probe.communicate("\n", timeout=600)[0])
     elapsed = max(s["end"] for s in spans) - min(s["start"] for s in spans)
+    points = 3 * steps * procs
     return {
-        "multi_pts_per_s": 3 * steps * procs / elapsed,
+        "multi_pts_per_s": points / elapsed,
         "multi_s": elapsed,
+        "multi_producer_cpu_us": sum(s["cpu"] for s in spans) / points * 1e6,
+        "multi_daemon_cpu_us": daemon_cpu / points * 1e6,
         "flush_median_ms": statistics.median(lat) * 1000,
         "flush_p99_ms": _pct(lat, 0.99) * 1000,
         "flush_samples": len(lat),
@@ -273,8 +312,11 @@ def main() -> None:
             "pts/s",
             "multi_pts_per_s",
         ),
+        ("  producer CPU per point (all threads)", med["multi_producer_cpu_us"], "us", None),
+        ("  daemon CPU per point", med["multi_daemon_cpu_us"], "us", None),
         ("flush barrier under that load, median", med["flush_median_ms"], "ms", None),
         ("flush barrier under that load, p99", med["flush_p99_ms"], "ms", "flush_p99_ms"),
+        ("  flush samples under load (per repeat)", med["flush_samples"], "", None),
         ("daemon peak RSS (VmHWM)", rss, "MB", "daemon_rss_mb"),
     ]
     print(f"{'measure':<48} {'value':>14}  {'unit':<6} target")
@@ -287,6 +329,12 @@ def main() -> None:
             target = f"{'>=' if unit == 'pts/s' else '<='} {goal:,g}  {'ok' if ok else 'MISSED'}"
         shown = f"{value:,.0f}" if unit == "pts/s" else f"{value:,.2f}"
         print(f"{label:<48} {shown:>14}  {unit:<6} {target}")
+    # The spread behind the medians: this machine is shared, and one busy neighbour moves
+    # every figure.
+    print("\nper repeat:")
+    for k in ("track_median_us", "single_pts_per_s", "multi_pts_per_s", "flush_p99_ms"):
+        print(f"  {k:<18} " + "  ".join(f"{r[k]:,.2f}" for r in rows))
+    print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

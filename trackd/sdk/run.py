@@ -12,6 +12,7 @@ import copy
 import os
 import re
 import secrets
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +26,11 @@ from trackd.eventlog.events import (
 )
 from trackd.sdk import _settings
 from trackd.sdk._values import (
+    AUTO_STEP,
     EMPTY_CONTEXT_KEY,
     INT64_MAX,
     INT64_MIN,
+    POINT,
     ContextKeys,
     bad_name,
     bad_step,
@@ -48,9 +51,10 @@ __all__ = ["Run"]
 
 _HASH_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _time = time.time
+_pack = POINT.pack
 
 
-def _discard(item: tuple[Any, ...]) -> None:
+def _discard(item: bytes | tuple[Any, ...]) -> None:
     """The buffer of a disabled run: nothing is kept."""
 
 
@@ -66,6 +70,18 @@ class Run(Container):
     taking its write lock synchronously. Use it as a context manager, or call
     :meth:`close`; runs left open are closed at interpreter exit.
     """
+
+    #: The contexts of the last two track() calls that looked one up, as ``(context, copy
+    #: of its content then, its sequence ids by name, its key, textual)``. A training loop
+    #: passes the same dict call after call (or alternates two, train and val), or builds an
+    #: equal one for each call (``context={"subset": "train"}``): recognising it by identity
+    #: and equality, or for a textual context by equality alone (see
+    #: :meth:`ContextKeys.lookup`), skips the lookups by id() and by key (0.1 us of a call
+    #: with a reused dict, 0.5 us with one built per call). Class attributes, so that they
+    #: have a value before the first call (and in runs built without __init__).
+    _ctx_a: tuple[Any, Any, dict[str, int], str, bool] = (None, None, {}, EMPTY_CONTEXT_KEY, False)
+    _ctx_b: tuple[Any, Any, dict[str, int], str, bool] = _ctx_a
+    _ctx_lookup: Callable[[Any], tuple[str, bool]] | None = None
 
     def __init__(
         self,
@@ -103,8 +119,9 @@ class Run(Container):
         self._client: Client | None = None
         self._ctx_cache = _DISABLED_CONTEXTS.by_id
         self._ctx_key: Callable[[Any], str] = _DISABLED_CONTEXTS.key
-        self._append: Callable[[tuple[Any, ...]], None] = _discard
-        self._sids: dict[str, dict[str, int]] = {}  # name -> context key -> sequence id
+        self._ctx_lookup = _DISABLED_CONTEXTS.lookup
+        self._append: Callable[[bytes | tuple[Any, ...]], None] = _discard
+        self._sids: dict[str, dict[str, int]] = {}  # context key -> name -> sequence id
         self._params_local: dict[str, Any] = {}
         self._props: dict[str, Any] = {
             "name": None,
@@ -134,6 +151,7 @@ class Run(Container):
         self._client = client
         self._ctx_cache = client.contexts.by_id
         self._ctx_key = client.contexts.key
+        self._ctx_lookup = client.contexts.lookup
         if run_hash is None:
             client.enqueue_event(
                 ContainerCreated(container=h, container_type="run", created_at=self._created_at)
@@ -211,28 +229,93 @@ class Run(Container):
         """
         if type(name) is not str or not name:
             raise bad_name(name)
-        t = type(value)
-        if t is not float and (t is not int or not INT64_MIN <= value <= INT64_MAX):
-            value = check_value(value, name)
-        if step is not None and (type(step) is not int or step < 0):
+        if type(value) is not float:
+            self._track_other(value, name, step, context)
+            return
+        if step is None:
+            step = AUTO_STEP
+        elif type(step) is not int or step < 0:
             step = _check_step(step)
         if context is None:
             key = EMPTY_CONTEXT_KEY
+            by_name = self._sids.get(key)
         else:
-            c = self._ctx_cache.get(id(context))
-            if c is not None and c[0] is context and c[1] == context:
-                key = c[2]
+            a = self._ctx_a
+            if (a[0] is context or (a[4] and type(context) is dict)) and a[1] == context:
+                by_name, key = a[2], a[3]
             else:
-                key = self._ctx_key(context)
+                b = self._ctx_b
+                if (b[0] is context or (b[4] and type(context) is dict)) and b[1] == context:
+                    by_name, key = b[2], b[3]
+                else:
+                    by_name, key = self._context_sids(context)
         try:
-            sid = self._sids[name][key]
+            sid = by_name[name]  # type: ignore[index]
+        except (KeyError, TypeError):  # TypeError: no sequence of this context yet
+            sid = self._new_sid(name, key)
+        # The buffer's layout is documented at trackd.sdk.client._CTRL.
+        try:
+            self._append(_pack(sid, step, value, _time()))
+        except struct.error:  # a step beyond int64: checked here at no cost to other calls
+            raise bad_step(step) from None
+
+    def _track_other(
+        self, value: Any, name: str, step: int | None, context: dict[str, Any] | None
+    ) -> None:
+        """:meth:`track` of a value whose type is not exactly ``float``.
+
+        Anything but a float is buffered as a tuple with ``~sid``, keeping the value itself:
+        the flusher infers the sequence's dtype (bool, int64, float32, float64) from the
+        values as numpy does.
+        """
+        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+            value = check_value(value, name)
+        if step is None:
+            step = AUTO_STEP
+        elif type(step) is not int or not 0 <= step <= INT64_MAX:
+            step = _check_step(step)
+        if context is None:
+            key = EMPTY_CONTEXT_KEY
+            by_name = self._sids.get(key, {})
+        else:
+            by_name, key = self._context_sids(context)
+        try:
+            sid = by_name[name]
         except KeyError:
             sid = self._new_sid(name, key)
-        self._append((sid, step, value, _time()))
+        if type(value) is float:  # a float subclass (numpy.float64), made plain by check_value
+            self._append(_pack(sid, step, value, _time()))
+        else:
+            self._append((~sid, step, value, _time()))
+
+    def _context_sids(self, context: Any) -> tuple[dict[str, int], str]:
+        """The sequence ids by name of ``context`` and its key; validates a new context and
+        makes it the last one seen (see ``_ctx_a``).
+
+        Raises:
+            InvalidValueError: the context is not a dict of storable values with str keys.
+        """
+        snapshot: dict[str, Any] | None
+        c = self._ctx_cache.get(id(context))
+        if c is not None and c[0] is context and c[1] == context:
+            key, snapshot, textual = c[2], c[1], False
+        elif self._ctx_lookup is not None:
+            key, textual = self._ctx_lookup(context)
+            # A textual context is flat with immutable values: a shallow copy keeps it.
+            snapshot = dict(context) if textual else None
+        else:
+            key, snapshot, textual = self._ctx_key(context), None, False
+        by_name = self._sids.get(key)
+        if by_name is None:
+            by_name = self._sids[key] = {}
+        if snapshot is not None:
+            self._ctx_b = self._ctx_a
+            self._ctx_a = (context, snapshot, by_name, key, textual)
+        return by_name, key
 
     def _new_sid(self, name: str, key: str) -> int:
         sid = 0 if self._client is None else self._client.sequence_id(self._hash, name, key)
-        self._sids.setdefault(name, {})[key] = sid
+        self._sids.setdefault(key, {})[name] = sid
         return sid
 
     # -- params ------------------------------------------------------------------------
@@ -401,7 +484,7 @@ class Run(Container):
         client.detach(self)
         client.flush(timeout)
 
-    def _append_after_close(self, item: tuple[Any, ...]) -> None:
+    def _append_after_close(self, item: bytes | tuple[Any, ...]) -> None:
         raise InvalidInputError(f"run {self._hash} is closed; tracking into it is not possible")
 
     def __enter__(self) -> Run:
@@ -427,7 +510,7 @@ def _check_step(step: Any) -> int:
         try:
             import numpy as np
 
-            if isinstance(step, np.integer) and step >= 0:
+            if isinstance(step, np.integer) and 0 <= int(step) <= INT64_MAX:
                 return int(step)
         except ImportError:  # pragma: no cover - numpy is a dependency
             pass

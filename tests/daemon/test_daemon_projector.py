@@ -1,0 +1,178 @@
+"""The projector on its own (fake views, no SQLite): transaction bounds, flush barriers
+answered as soon as what precedes them is applied, memory released as it is applied."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trackd.daemon import projector as projector_mod
+from trackd.daemon.projector import MAX_APPLY_POINTS, Projector
+from trackd.daemon.writer import Barrier
+from trackd.eventlog.events import ContainerCreated, LoggedEvent, SequenceAppended
+
+
+class FakeViews:
+    """Records each apply() call. ``gate`` holds the views thread until set; ``hold`` holds
+    the call of that number (from 0) until ``released`` is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.hold = -1
+        self.released = threading.Event()
+
+    def apply(self, events: Sequence[LoggedEvent]) -> None:
+        self.entered.set()
+        self.gate.wait(10)
+        if len(self.calls) == self.hold:
+            self.released.wait(10)
+        self.calls.append([le.offset for le in events])
+
+
+def _points(offset: int, n: int) -> LoggedEvent:
+    ev = SequenceAppended.from_arrays(
+        container="c", name="m", context={}, steps=np.arange(n), values=np.zeros(n)
+    )
+    return LoggedEvent(offset, offset + 1, ev)
+
+
+def _plain(offset: int) -> LoggedEvent:
+    return LoggedEvent(offset, offset + 1, ContainerCreated(container="c"))
+
+
+async def _run(
+    scenario: Any, views: FakeViews, batch_events: int = 20_000
+) -> tuple[Projector, list[int]]:
+    released: list[int] = []
+    with ThreadPoolExecutor(1) as pool:
+        p = Projector(
+            views,  # type: ignore[arg-type]
+            pool,
+            applied_offset=0,
+            batch_events=batch_events,
+            on_applied=released.append,
+            on_fatal=lambda e: None,
+        )
+        task = asyncio.create_task(p.run())
+        await scenario(p)
+        p.stop()
+        await asyncio.wait_for(task, 10)
+    return p, released
+
+
+@pytest.fixture(autouse=True)
+def _no_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply as soon as something is queued, so that the tests see each transaction."""
+    monkeypatch.setattr(projector_mod, "APPLY_INTERVAL", 0.0)
+
+
+def test_barrier_is_answered_before_events_queued_behind_it_are_applied() -> None:
+    """A flush waits for what was submitted before it, not for a backlog behind it."""
+    views = FakeViews()
+
+    async def scenario(p: Projector) -> None:
+        loop = asyncio.get_running_loop()
+        views.gate.clear()
+        views.hold = 2  # the transaction behind the barrier does not finish meanwhile
+        p.submit([_plain(0)], 0, [])
+        await loop.run_in_executor(None, views.entered.wait, 10)  # the first apply runs
+        first: asyncio.Future[int] = loop.create_future()
+        p.submit([_plain(1), _plain(2)], 0, [Barrier(first, offset=3)])
+        p.submit([_plain(3), _plain(4)], 0, [])
+        views.gate.set()
+        assert await asyncio.wait_for(first, 10) == 3
+        # Answered after the transaction that ends at the barrier, before the one behind it.
+        assert views.calls == [[0], [1, 2]]
+        views.released.set()
+
+    asyncio.run(_run(scenario, views))
+    assert views.calls == [[0], [1, 2], [3, 4]]
+
+
+def test_barrier_with_nothing_before_it_is_answered_at_once() -> None:
+    """A flush on an idle repository needs no transaction."""
+    views = FakeViews()
+
+    async def scenario(p: Projector) -> None:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        p.submit([], 0, [Barrier(fut, offset=0)])
+        assert await asyncio.wait_for(fut, 10) == 0
+
+    asyncio.run(_run(scenario, views))
+    assert views.calls == []
+
+
+def test_transactions_are_bounded_by_points_and_events() -> None:
+    """A backlog is applied in transactions of at most MAX_APPLY_POINTS points and
+    batch_events events, in order, and its memory is released as it goes."""
+    views = FakeViews()
+    half = MAX_APPLY_POINTS // 2 + 1
+
+    async def scenario(p: Projector) -> None:
+        views.gate.clear()
+        p.submit([_points(i, half) for i in range(3)], 300, [])
+        p.submit([_plain(i) for i in range(3, 8)], 500, [])
+        views.gate.set()
+
+    _p, released = asyncio.run(_run(scenario, views, batch_events=3))
+    assert views.calls == [[0], [1], [2, 3, 4], [5, 6, 7]]
+    assert sum(released) == 800
+    assert released[0] == 300  # the first item's bytes left once all of it was applied
+
+
+def test_failed_apply_fails_waiting_barriers() -> None:
+    """When the views fail, every waiting flush gets the error."""
+
+    class Broken(FakeViews):
+        def apply(self, events: Sequence[LoggedEvent]) -> None:
+            raise RuntimeError("disk on fire")
+
+    views = Broken()
+    errors: list[BaseException] = []
+
+    async def scenario(p: Projector) -> None:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        p.submit([_plain(0)], 0, [Barrier(fut, offset=1)])
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            await asyncio.wait_for(fut, 10)
+        errors.append(p.failed or RuntimeError("no failure recorded"))
+
+    asyncio.run(_run(scenario, views))
+    assert isinstance(errors[0], RuntimeError)
+
+
+def test_events_nobody_waits_for_are_gathered_but_a_flush_is_not_delayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Within APPLY_INTERVAL of a transaction, new events wait to share the next one, unless
+    a flush barrier waits for them."""
+    monkeypatch.setattr(projector_mod, "APPLY_INTERVAL", 0.5)
+    views = FakeViews()
+    waited: list[float] = []
+
+    async def scenario(p: Projector) -> None:
+        loop = asyncio.get_running_loop()
+        p.submit([_plain(0)], 0, [])
+        await loop.run_in_executor(None, views.entered.wait, 10)
+        for i in (1, 2):
+            await asyncio.sleep(0.05)
+            p.submit([_plain(i)], 0, [])
+        await asyncio.sleep(0.05)
+        fut: asyncio.Future[int] = loop.create_future()
+        t0 = loop.time()
+        p.submit([_plain(3)], 0, [Barrier(fut, offset=4)])
+        await asyncio.wait_for(fut, 10)
+        waited.append(loop.time() - t0)
+
+    asyncio.run(_run(scenario, views))
+    assert views.calls == [[0], [1, 2, 3]]
+    assert waited[0] < 0.4
