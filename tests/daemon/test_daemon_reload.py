@@ -1,4 +1,4 @@
-"""SIGHUP re-reads the settings: runtime keys apply at once, restart keys are reported."""
+"""Signals during and after start-up: SIGHUP reloads settings, early signals are safe."""
 
 from __future__ import annotations
 
@@ -71,3 +71,10 @@ def test_sighup_as_soon_as_the_socket_answers_does_not_kill(daemon_factory: Daem
         time.sleep(0.3)
         assert daemon.proc.poll() is None, f"SIGHUP killed the daemon:\n{daemon.log()}"
         assert daemon.stop() == 0
+
+
+def test_sigterm_as_soon_as_the_socket_answers_still_exits_0(daemon_factory: DaemonProc) -> None:
+    """A stop request racing the start-up is honoured gracefully: exit status 0."""
+    for _ in range(5):
+        daemon = daemon_factory.start()
+        assert daemon.stop() == 0, daemon.log()

@@ -146,6 +146,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        if _early_signals:
+            self.request_stop(_early_signals[0])
         server = await loop.create_unix_server(lambda: Session(self), sock=sock)
         log.info("trackd daemon %s (pid %d) serving %s", self._version, os.getpid(), self.path)
         _notify_ready(f"serving {self.path}")
@@ -384,6 +386,13 @@ def _root_cause(exc: BaseException) -> str:
     return "no OS or SQLite error code"
 
 
+_early_signals: list[str] = []
+
+
+def _remember_early_signal(signum: int, _frame: object) -> None:
+    _early_signals.append(signal.Signals(signum).name)
+
+
 # -- process set-up ----------------------------------------------------------------------
 
 
@@ -511,6 +520,10 @@ def run_daemon(
     # The socket accepts connections before the loop installs its SIGHUP handler; until
     # then a reload request must not kill the daemon with the default action.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Likewise a stop request then is remembered and honoured once the loop runs, so it
+    # still drains and exits 0 rather than dying by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _remember_early_signal)
     settings = settings or DaemonSettings()
     path = settings.socket or socket_path()
     bound = False
