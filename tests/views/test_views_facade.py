@@ -22,6 +22,7 @@ def test_views_facade_is_pinned() -> None:
         "UndecodableRecord",
         "ViewReader",
         "ViewStore",
+        "WalCheckpointer",
         "canonical_context",
         "catch_up",
         "decode_record",

@@ -36,7 +36,10 @@ from trackd.errors import AccessDeniedError, LockedError, TrackdError
 from trackd.eventlog.events import LoggedEvent
 from trackd.eventlog.layout import RepoLayout
 from trackd.eventlog.log import EventLog
-from trackd.views import ChunkPolicy, SQLiteViews, open_views
+from trackd.views import ChunkPolicy, SQLiteViews, WalCheckpointer, open_views
+
+#: Seconds between checkpoints of the views' WAL (see :class:`trackd.views.WalCheckpointer`).
+CHECKPOINT_INTERVAL = 1.0
 
 __all__ = ["Member", "Repository"]
 
@@ -126,6 +129,12 @@ class Repository:
         self.spool = SpoolWatcher(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # The views' WAL is checkpointed on a thread of its own, off the projector's commits.
+        self._checkpoint_thread = ThreadPoolExecutor(
+            1, thread_name_prefix=f"trackd-ckpt-{os.path.basename(layout.root) or 'root'}"
+        )
+        self._checkpointer: WalCheckpointer | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -200,6 +209,9 @@ class Repository:
         return repo
 
     def _start(self) -> None:
+        self._checkpoint_task = asyncio.create_task(
+            self._checkpoint_loop(), name=f"checkpoint {self.layout.root}"
+        )
         self._tasks = [
             asyncio.create_task(self.writer.run(), name=f"writer {self.layout.root}"),
             asyncio.create_task(self.projector.run(), name=f"projector {self.layout.root}"),
@@ -233,9 +245,29 @@ class Repository:
             await _settle(t)
         await self._close_files()
 
+    async def _checkpoint_loop(self) -> None:
+        """Turn off SQLite's in-commit checkpoint and checkpoint every second instead."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._views_thread, self._views.set_autocheckpoint, 0)
+        self._checkpointer = await loop.run_in_executor(
+            self._checkpoint_thread, WalCheckpointer, self.layout.views_db
+        )
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await loop.run_in_executor(self._checkpoint_thread, self._checkpointer.run)
+            except TrackdError as e:  # views are disposable; the next try may succeed
+                log.warning("checkpoint of %s failed: %s", self.layout.views_db, e)
+
     async def _close_files(self) -> None:
         self._closed = True
         loop = asyncio.get_running_loop()
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            await _settle(self._checkpoint_task)
+        if self._checkpointer is not None:
+            await loop.run_in_executor(self._checkpoint_thread, self._checkpointer.close)
+        self._checkpoint_thread.shutdown(wait=True)
         try:
             await loop.run_in_executor(self._views_thread, self._views.close)
         except Exception:

@@ -24,7 +24,13 @@ from trackd.views.base import (
 )
 from trackd.views.projection import Progress, UndecodableRecord, catch_up, decode_record
 from trackd.views.repo import VIEWS_FILE, open_reader, open_views, rebuild
-from trackd.views.sqlite import ChunkPolicy, RebuildRequiredError, SQLiteReader, SQLiteViews
+from trackd.views.sqlite import (
+    ChunkPolicy,
+    RebuildRequiredError,
+    SQLiteReader,
+    SQLiteViews,
+    WalCheckpointer,
+)
 
 __all__ = [
     "VIEWS_FILE",
@@ -41,6 +47,7 @@ __all__ = [
     "UndecodableRecord",
     "ViewReader",
     "ViewStore",
+    "WalCheckpointer",
     "canonical_context",
     "catch_up",
     "decode_record",

@@ -45,7 +45,13 @@ from trackd.views._canon import (
 from trackd.views._schema import LATEST_VERSION, migrate, user_version
 from trackd.views.base import ContainerRow, Points, SequenceRow, ViewReader, ViewStore
 
-__all__ = ["ChunkPolicy", "RebuildRequiredError", "SQLiteReader", "SQLiteViews"]
+__all__ = [
+    "ChunkPolicy",
+    "RebuildRequiredError",
+    "SQLiteReader",
+    "SQLiteViews",
+    "WalCheckpointer",
+]
 
 # SQLite keeps a 64-bit signed integer; msgpack allows client_seq up to 2**64 - 1.
 _MAX_SQL_INT = 2**63 - 1
@@ -599,6 +605,37 @@ class _Queries(ViewReader):
                 conn.close()
 
 
+class WalCheckpointer:
+    """Copies a views file's WAL into the main file from a connection of its own.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses its threshold, and its
+    fsync of the main file then stalls that commit (and, through the file system's journal,
+    the log's fdatasync) for ~100 ms. The daemon turns the automatic checkpoint off on its
+    writer (:meth:`SQLiteViews.set_autocheckpoint`) and runs this on another thread instead.
+    A PASSIVE checkpoint never blocks the writer; the WAL restarts at the writer's next
+    transaction once a checkpoint has copied everything.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open a connection to ``path`` used only for checkpoints (any thread, one at a time)."""
+        self._path = Path(path)
+        try:
+            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as e:
+            raise _views_error("open for checkpoints", self._path, e) from e
+
+    def run(self) -> tuple[int, int]:
+        """Checkpoint what it can without waiting; return (WAL frames, frames copied)."""
+        with _translated("checkpoint", self._path):
+            _busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames), int(copied)
+
+    def close(self) -> None:
+        """Close the checkpoint connection."""
+        self._conn.close()
+
+
 class SQLiteViews(_Queries, ViewStore):
     """SQLite views of one repository: the projection writer, also readable.
 
@@ -617,6 +654,14 @@ class SQLiteViews(_Queries, ViewStore):
             row = conn.execute("SELECT end_offset, last_offset FROM checkpoint").fetchone()
         self._checkpoint = int(row[0])
         self._last_offset: int | None = row[1]
+
+    def set_autocheckpoint(self, pages: int) -> None:
+        """Set SQLite's automatic WAL checkpoint threshold; 0 turns it off.
+
+        With 0, someone must run a :class:`WalCheckpointer`, or the WAL grows without end.
+        """
+        with _translated("configure", self._path):
+            self._db().execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
 
     @classmethod
     def open(
