@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_support import FIGURES
+from reliability_support import FIGURES, STARTED
 
 HERE = Path(__file__).resolve().parent
 LONG_TIMEOUT = 4 * 3600
@@ -18,6 +19,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.timeout(LONG_TIMEOUT), append=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left_behind() -> Iterator[None]:
+    """Kill (and reap) every daemon a test started, also when the test failed."""
+    yield
+    while STARTED:
+        STARTED.pop().kill()
 
 
 @pytest.fixture

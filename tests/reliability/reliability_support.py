@@ -197,6 +197,10 @@ def strace_available() -> str | None:
     return None
 
 
+STARTED: list[Daemon] = []
+"""Every daemon started in this test; ``conftest.py`` kills what is left after each test."""
+
+
 @dataclass
 class Daemon:
     """A trackd daemon process, optionally under strace with fault injection.
@@ -230,6 +234,7 @@ class Daemon:
             self.trace_path = self.log_path.with_name(f"strace-{self.starts}.txt")
             cmd = ["strace", "-f", "-qq", "-y", "-o", str(self.trace_path), *strace, *cmd]
         self.starts += 1
+        STARTED.append(self)
         with open(self.log_path, "ab") as logf:
             logf.write(f"---- start {self.starts}: {' '.join(cmd)}\n".encode())
             logf.flush()
@@ -279,9 +284,7 @@ class Daemon:
             self.proc.wait(timeout=20)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
+            if not _group_alive(pgid):
                 return
             time.sleep(0.01)
         raise RuntimeError(f"process group {pgid} of the daemon did not go away")
@@ -321,6 +324,18 @@ class Daemon:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs (zombies, which hold no files, excluded)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def socket_answers(path: Path) -> bool:

@@ -9,6 +9,7 @@ point of every run is in the views, exactly. Prints sustained points/s and peak 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from producer import read_sdk_record
 from reliability_support import Daemon, record_figure, start_producer
 
 from trackd.views import open_reader
+from trackd.wire import Reply
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
+from rawclient import RawClient
 
 pytestmark = [pytest.mark.integration]
 
@@ -36,6 +41,9 @@ def test_many_producers_no_errors_bounded_memory_every_point_present(
 ) -> None:
     """N producers for T seconds: no errors, daemon RSS bounded, every point in the views."""
     producers, seconds = (64, 60.0) if long_mode else (8, 10.0)
+    # For exploring other sizes by hand: TRACKD_LOAD_PRODUCERS=16 TRACKD_LOAD_SECONDS=60.
+    producers = int(os.environ.get("TRACKD_LOAD_PRODUCERS", producers))
+    seconds = float(os.environ.get("TRACKD_LOAD_SECONDS", seconds))
     repo = tmp_path / "repo"
     repo.mkdir()
     env = dict(os.environ)
@@ -55,7 +63,7 @@ def test_many_producers_no_errors_bounded_memory_every_point_present(
         procs.append(start_producer(args, tmp_path / f"sdk-{i}.out", env))
     try:
         deadline = time.monotonic() + 120
-        while not all(r.exists() for r in records):
+        while not all(r.exists() and r.read_text().startswith("run ") for r in records):
             assert time.monotonic() < deadline, "producers did not start"
             assert all(p.poll() is None for p in procs), "a producer died while starting"
             time.sleep(0.05)
@@ -103,3 +111,27 @@ def test_many_producers_no_errors_bounded_memory_every_point_present(
     record_figure(f"load {producers}x{seconds:.0f}s: sustained points/s", round(rate))
     record_figure(f"load {producers}x{seconds:.0f}s: daemon peak RSS MB", round(peak_mb))
     assert peak_mb <= RSS_LIMIT_MB, f"daemon peak RSS {peak_mb:.0f} MB > {RSS_LIMIT_MB} MB"
+
+
+@pytest.mark.timeout(60)
+def test_reconnect_of_the_same_client_takes_over_its_run_lock(
+    socket_env: Path, tmp_path: Path
+) -> None:
+    """A client that reconnects while its old connection looks alive re-opens its own run."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    d = Daemon(socket_env, dict(os.environ), tmp_path / "daemon.log")
+    d.start()
+    cid = os.urandom(16)
+    old = RawClient(socket_env)
+    new = RawClient(socket_env)
+    try:
+        old.welcome(repo, cid)
+        assert isinstance(old.request("open_container", {"container": "run1"}), Reply)
+        new.welcome(repo, cid)  # the old connection is given up, but not closed yet
+        answer = new.request("open_container", {"container": "run1"})
+    finally:
+        old.close()
+        new.close()
+        d.stop()
+    assert isinstance(answer, Reply), answer

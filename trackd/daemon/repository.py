@@ -62,6 +62,10 @@ class Member(Protocol):
     def peer_pid(self) -> int:
         """Process id of the peer, for lock messages."""
 
+    @property
+    def client_id(self) -> bytes:
+        """The client id from the connection's Hello."""
+
     def set_backpressure(self, paused: bool) -> None:
         """Stop (True) or resume (False) reading from the connection."""
 
@@ -372,11 +376,18 @@ class Repository:
     def open_container(self, container: str, member: Member) -> None:
         """Take the write lock of ``container`` for ``member`` (idempotent for the holder).
 
+        A new connection of the client that holds the lock takes it over.
+
         Raises:
             LockedError: another live connection holds it; the message names its pid.
         """
         holder = self._locks.get(container)
         if holder is not None and holder.member is not member:
+            if holder.member.client_id == member.client_id:
+                # The same client reconnected (it gave up a connection the daemon had not
+                # read for a while); its old connection is dead to it, so the lock moves.
+                holder.member = member
+                return
             raise LockedError(
                 f"container {container!r} is locked by another live client (pid "
                 f"{holder.member.peer_pid}) since {time.ctime(holder.since)}"
