@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from trackd.sdk.client import shutdown_clients
+from trackd.sdk.client import Client, shutdown_clients
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +17,9 @@ def _fresh_clients() -> Iterator[None]:
     shutdown_clients()
     yield
     shutdown_clients()
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Client:
+    """A client that is never started (no thread, no socket)."""
+    return Client(tmp_path, sock=tmp_path / "none.sock")

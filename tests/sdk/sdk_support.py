@@ -17,6 +17,8 @@ from trackd.eventlog.fs import OSFileSystem
 from trackd.eventlog.layout import RepoLayout
 from trackd.eventlog.record import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE
 from trackd.eventlog.segment import RecordWalk, parse_segment_name
+from trackd.sdk.client import Client
+from trackd.sdk.run import Run
 from trackd.views._canon import canonical_context
 
 
@@ -169,3 +171,15 @@ def child_env(**extra: str) -> dict[str, str]:
 def metric_points(container: Any, name: str, context: dict[str, Any]) -> list[tuple[int, Any]]:
     """All (step, value) pairs of one sequence of a read-only container."""
     return list(container.sequences[(name, context)].items())
+
+
+def offline_run(client: Client, h: str = "r1") -> Run:
+    """A Run writing into ``client``'s buffer without starting the client."""
+    run = Run.__new__(Run)
+    run._hash = h
+    run._client = client
+    run._sids = {}
+    run._ctx_cache = client.contexts.by_id
+    run._ctx_key = client.contexts.key
+    run._append = client.buf.append
+    return run

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+from sdk_support import offline_run
 
 from trackd.eventlog.events import (
     ContainerCreated,
@@ -17,25 +16,6 @@ from trackd.eventlog.events import (
 )
 from trackd.sdk import client as client_mod
 from trackd.sdk.client import Client
-from trackd.sdk.run import Run
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Client:
-    """A client that is never started (no thread, no socket)."""
-    return Client(tmp_path, sock=tmp_path / "none.sock")
-
-
-def _run(client: Client, h: str = "r1") -> Run:
-    """A Run writing into ``client``'s buffer without starting the client."""
-    run = Run.__new__(Run)
-    run._hash = h
-    run._client = client
-    run._sids = {}
-    run._ctx_cache = client.contexts.by_id
-    run._ctx_key = client.contexts.key
-    run._append = client.buf.append
-    return run
 
 
 def _drain(client: Client) -> list[Any]:
@@ -55,7 +35,7 @@ def _points(events: list[Any]) -> dict[tuple[str, str], list[tuple[int, Any]]]:
 
 def test_auto_steps_count_per_sequence(client: Client) -> None:
     """Auto steps number each (name, context) on its own, across drains."""
-    run = _run(client)
+    run = offline_run(client)
     for i in range(3):
         run.track(float(i), "loss")
         run.track(float(i), "loss", context={"s": "val"})
@@ -71,7 +51,7 @@ def test_auto_steps_count_per_sequence(client: Client) -> None:
 
 def test_explicit_steps_move_the_auto_step(client: Client) -> None:
     """After an explicit step, an auto step continues after the largest step seen."""
-    run = _run(client)
+    run = offline_run(client)
     run.track(1.0, "m", step=5)
     run.track(2.0, "m")
     run.track(3.0, "m", step=2)
@@ -81,7 +61,7 @@ def test_explicit_steps_move_the_auto_step(client: Client) -> None:
 
 def test_seqs_have_no_gaps_and_events_keep_their_place(client: Client) -> None:
     """client_seq runs 1, 2, 3 ... and a non-point event splits the points around it."""
-    run = _run(client)
+    run = offline_run(client)
     client._control_item("event", ContainerCreated(container="r1"))
     run.track(1.0, "m")
     client._control_item("event", ParamsSet(container="r1", path=("p",), value=1))
@@ -101,7 +81,7 @@ def test_seqs_have_no_gaps_and_events_keep_their_place(client: Client) -> None:
 
 def test_value_dtypes_follow_the_values(client: Client) -> None:
     """Ints stay int64, bools bool, float32 stays float32, mixed int/float is float64."""
-    run = _run(client)
+    run = offline_run(client)
     for i in range(3):
         run.track(i, "ints")
         run.track(i % 2 == 0, "bools")
@@ -113,7 +93,7 @@ def test_value_dtypes_follow_the_values(client: Client) -> None:
 
 def test_big_batches_split_into_bounded_events(client: Client) -> None:
     """More points than MAX_EVENT_POINTS of one sequence become several events, in order."""
-    run = _run(client)
+    run = offline_run(client)
     n = client_mod.MAX_EVENT_POINTS * 2 + 10
     for i in range(n):
         run.track(float(i), "m")
@@ -125,7 +105,7 @@ def test_big_batches_split_into_bounded_events(client: Client) -> None:
 
 def test_timestamps_are_per_point(client: Client) -> None:
     """Every point carries the wall-clock time of its track() call."""
-    run = _run(client)
+    run = offline_run(client)
     run.track(1.0, "m")
     run.track(2.0, "m")
     (ev,) = _drain(client)
@@ -138,7 +118,7 @@ def test_timestamps_are_per_point(client: Client) -> None:
 def test_fresh_and_reused_context_dicts_share_a_sequence(client: Client) -> None:
     """A context built anew per call and a reused dict with equal content are one sequence;
     1, 1.0 and True stay different contexts."""
-    run = _run(client)
+    run = offline_run(client)
     ctx = {"subset": "train"}
     run.track(1.0, "m", context=ctx)
     run.track(2.0, "m", context={"subset": "train"})

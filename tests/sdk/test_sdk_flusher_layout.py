@@ -3,36 +3,18 @@ flusher turns mixed drains into events (no socket)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pytest
+from sdk_support import offline_run
 
 from trackd.errors import InvalidValueError
 from trackd.eventlog.events import ContainerCreated, SequenceAppended, decode_event
 from trackd.sdk import client as client_mod
 from trackd.sdk._values import INT64_MAX
 from trackd.sdk.client import Client
-from trackd.sdk.run import Run
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Client:
-    """A client that is never started (no thread, no socket)."""
-    return Client(tmp_path, sock=tmp_path / "none.sock")
-
-
-def _run(client: Client, h: str = "r1") -> Run:
-    run = Run.__new__(Run)
-    run._hash = h
-    run._client = client
-    run._sids = {}
-    run._ctx_cache = client.contexts.by_id
-    run._ctx_key = client.contexts.key
-    run._append = client.buf.append
-    return run
 
 
 def _drain(client: Client) -> list[Any]:
@@ -56,7 +38,7 @@ def test_step_beyond_int64_is_refused_and_nothing_buffered(
     client: Client, value: Any, step: Any
 ) -> None:
     """A step that does not fit the log's int64 raises at track(), whatever the value."""
-    run = _run(client)
+    run = offline_run(client)
     with pytest.raises(InvalidValueError, match="largest step"):
         run.track(value, "m", step=step)
     assert not client.buf
@@ -66,7 +48,7 @@ def test_step_beyond_int64_is_refused_and_nothing_buffered(
 
 def test_float_points_are_packed_rows_and_others_keep_their_value(client: Client) -> None:
     """The hot path buffers floats as 32-byte rows; ints, bools, numpy scalars as tuples."""
-    run = _run(client)
+    run = offline_run(client)
     run.track(0.5, "f", 3)
     run.track(7, "i")
     run.track(np.float32(0.25), "f32", 1)
@@ -83,7 +65,7 @@ def test_float_points_are_packed_rows_and_others_keep_their_value(client: Client
 def test_mixed_drain_keeps_order_dtypes_and_values(client: Client) -> None:
     """Floats, ints, bools, float32 and control items in one drain: each sequence keeps its
     points in order with the dtype numpy infers from its values; events keep their place."""
-    run = _run(client)
+    run = offline_run(client)
     for i in range(5):
         run.track(float(i), "floats")
         run.track(i, "ints", step=10 + i)
@@ -106,7 +88,7 @@ def test_mixed_drain_keeps_order_dtypes_and_values(client: Client) -> None:
 
 def test_many_sequences_in_one_drain_each_keep_their_order(client: Client) -> None:
     """More sequences than the flusher groups by masks: grouped by sorting, same result."""
-    run = _run(client)
+    run = offline_run(client)
     n_seq = client_mod._GROUP_BY_MASK_MAX * 3
     for i in range(50):
         for k in range(n_seq):
@@ -121,7 +103,7 @@ def test_many_sequences_in_one_drain_each_keep_their_order(client: Client) -> No
 
 def test_auto_steps_continue_across_packed_and_tuple_points(client: Client) -> None:
     """Auto steps count per sequence whatever form its points were buffered in."""
-    run = _run(client)
+    run = offline_run(client)
     run.track(1.0, "m")
     run.track(2, "m")
     run.track(3.0, "m", step=10)
@@ -135,7 +117,7 @@ def test_auto_steps_continue_across_packed_and_tuple_points(client: Client) -> N
 def test_a_reused_context_dict_changed_in_place_names_another_sequence(client: Client) -> None:
     """The last context is recognised by identity *and* content: changing the dict in place
     (even deep inside) moves the next points to the sequence of the new content."""
-    run = _run(client)
+    run = offline_run(client)
     ctx: dict[str, Any] = {"subset": "train", "tags": ["a"]}
     other = {"subset": "val"}
     run.track(1.0, "m", 0, ctx)
@@ -165,7 +147,7 @@ def test_a_reused_context_dict_changed_in_place_names_another_sequence(client: C
 
 def test_numpy_float64_values_take_the_packed_path(client: Client) -> None:
     """numpy.float64 (a float subclass, what np.mean returns) is buffered as a float."""
-    run = _run(client)
+    run = offline_run(client)
     run.track(np.float64(0.5), "m", 0)
     run.track(np.mean([1.0, 2.0]), "m", 1)
     assert all(isinstance(item, bytes) for item in client.buf)
@@ -176,7 +158,7 @@ def test_contexts_recognised_by_equality_keep_numbers_apart(client: Client) -> N
     """Dicts built afresh per call are recognised by content only when their values are
     text; 1, 1.0 and True stay three contexts however the calls interleave, and a mapping
     that is not a dict is still refused."""
-    run = _run(client)
+    run = offline_run(client)
     run._ctx_lookup = client.contexts.lookup
     for i in range(3):
         run.track(float(i), "m", i, {"subset": "train"})
