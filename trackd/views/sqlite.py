@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -191,25 +191,9 @@ class _Apply:
             if seq > self.marks.get(ev.client_id, -1):
                 self.marks[ev.client_id] = seq
         # Exact types: a future subclass with its own TYPE is an unknown event, ignored.
-        kind = type(ev)
-        if kind is SequenceAppended:
-            assert isinstance(ev, SequenceAppended)
-            self.sequence_appended(ev)
-        elif kind is ContainerCreated:
-            assert isinstance(ev, ContainerCreated)
-            self.container_created(ev)
-        elif kind is ParamsSet:
-            assert isinstance(ev, ParamsSet)
-            self.params_set(ev)
-        elif kind is PropertiesSet:
-            assert isinstance(ev, PropertiesSet)
-            self.properties_set(ev)
-        elif kind is ContainerFinished:
-            assert isinstance(ev, ContainerFinished)
-            self.container_finished(ev)
-        elif kind is ContainerDeleted:
-            assert isinstance(ev, ContainerDeleted)
-            self.container_deleted(ev)
+        handler = _HANDLERS.get(type(ev))
+        if handler is not None:
+            handler(self, ev)
 
     def container_exists(self, h: str) -> bool:
         known = self.exists.get(h)
@@ -603,6 +587,17 @@ class _Queries(ViewReader):
             conn, self._conn = self._conn, None
             with _translated("close", self._path):
                 conn.close()
+
+
+#: The projection of each event type (exact types; anything else only advances the marks).
+_HANDLERS: dict[type[Event], Callable[[_Apply, Any], None]] = {
+    SequenceAppended: _Apply.sequence_appended,
+    ContainerCreated: _Apply.container_created,
+    ParamsSet: _Apply.params_set,
+    PropertiesSet: _Apply.properties_set,
+    ContainerFinished: _Apply.container_finished,
+    ContainerDeleted: _Apply.container_deleted,
+}
 
 
 class WalCheckpointer:
