@@ -35,6 +35,7 @@ from trackd.eventlog.events import (
 )
 from trackd.eventlog.log import EventLog
 from trackd.views import SQLiteReader, SQLiteViews, open_views, rebuild
+from trackd.views.sqlite import scan_chunks
 
 BATCH = 10_000
 CID = b"\x07" * 16
@@ -174,6 +175,12 @@ def bench_read(root: Path, repeats: int) -> list[tuple[str, float, str]]:
         t = median_time(partial(r.points, sid), repeats)
         r.close()
         out.append((f"read {label} ({nchunks} chunks)", t * 1e3, "ms"))
+        if size == 10_000:
+            conn = sqlite3.connect(path)
+            t_scan = median_time(partial(scan_chunks, conn, path), repeats)
+            assert scan_chunks(conn, path) == ""
+            conn.close()
+            out.append(("  checksum scan of those chunks (open_views)", t_scan * 1e3, "ms"))
         out.append(
             (f"  (writing it: {n // size:,} applies, one run)", n / t_write / 1e6, "M pts/s")
         )

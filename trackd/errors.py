@@ -20,6 +20,7 @@ what was expected.
     │   ├── LogIOError              a write or fsync failed; the log refuses appends until reopened
     │   └── LogLockedError          another process owns the log
     ├── ViewsError                  the SQLite views cannot be read or written
+    │   └── ViewsCorruptedError     stored points fail their checksum; rebuild from the log
     ├── ProtocolError               a frame or message breaks the wire protocol
     │   └── FrameTooLargeError      a frame longer than the negotiated maximum
     ├── RemoteError                 the daemon refused a request (carries the daemon's code)
@@ -56,6 +57,7 @@ __all__ = [
     "RemoteError",
     "TrackdError",
     "UnknownEventError",
+    "ViewsCorruptedError",
     "ViewsError",
     "error_from_code",
 ]
@@ -159,6 +161,16 @@ class ViewsError(TrackdError):
     """The SQLite views cannot be opened, migrated, read or written."""
 
     code = "views"
+
+
+class ViewsCorruptedError(ViewsError):
+    """Stored points fail their checksum: ``views.db`` was damaged on disk.
+
+    The daemon rebuilds the views from the event log when it next opens the repository;
+    ``trackd views rebuild`` does it by hand.
+    """
+
+    code = "views_corrupted"
 
 
 class ProtocolError(TrackdError):

@@ -77,6 +77,44 @@ def test_views_verify_reports_differences(populated: Populated, daemon: Any) -> 
     assert len(doc["differences"]) == 2
 
 
+def test_a_damaged_chunk_is_reported_by_verify_and_rebuilt_by_the_next_daemon(
+    populated: Populated, daemon: Any
+) -> None:
+    """A chunk whose bytes no longer match its checksum: `views verify` names it and exits 1;
+    `trackd metrics` refuses to print it as data; the next daemon rebuilds the views at open
+    and serves the original points."""
+    populated.runs["gamma"].close()
+    before = _snapshot(populated.root)
+    assert daemon.stop() == 0
+    db = sqlite3.connect(populated.root / ".trackd" / "views.db")
+    with db:
+        # Step 3 of alpha's epoch metric becomes step 1027, as a flipped bit would make it.
+        (sid,) = db.execute(
+            "SELECT id FROM sequences WHERE container = ? AND name = 'epoch'", (ALPHA,)
+        ).fetchone()
+        (steps,) = db.execute(
+            "SELECT steps FROM sequence_chunks WHERE sequence_id = ?", (sid,)
+        ).fetchone()
+        bad = bytearray(steps)
+        bad[3 * 8 + 1] ^= 0x04
+        db.execute("UPDATE sequence_chunks SET steps = ? WHERE sequence_id = ?", (bad, sid))
+    db.close()
+
+    out = trackd("views", "verify", "--repo", populated.root)
+    assert out.exit_code == 1, out.output
+    assert f"run {ALPHA} metric 'epoch' [-]: views at" in out.stdout
+    assert "fails its checksum" in out.stdout
+    shown = trackd("metrics", ALPHA, "epoch", "--repo", populated.root, "--json")
+    assert shown.exit_code == 1, shown.output
+    assert "fails its checksum" in shown.stderr
+
+    daemon.start()
+    td.Repo(populated.root).flush()
+    assert _snapshot(populated.root) == before
+    epoch = json.loads(trackd("metrics", ALPHA, "epoch", "--repo", populated.root, "--json").stdout)
+    assert [p["step"] for p in epoch["points"]] == list(range(100))
+
+
 def test_log_verify_detects_a_bit_flip(daemon: Any, repo_path: Path) -> None:
     """log verify passes on a clean log and exits 1, naming the offset, after one bit of a
     record in the middle of the segment is flipped."""

@@ -332,12 +332,6 @@ def _chunk_blob_position(path: Path) -> int:
     return pos
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG(views): views.db has no checksum on chunk BLOBs and open_views relies on "
-    "PRAGMA quick_check, which never reads row content: a flipped bit in a steps/values "
-    "BLOB is served to readers as data instead of triggering a rebuild",
-)
 def test_flipped_bit_in_a_chunk_blob_is_detected(
     pristine_log: tuple[Path, list[LogRecordInfo]], tmp_path: Path
 ) -> None:

@@ -10,14 +10,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 from views_helpers import CID, OTHER_CID, appended, dump
 
-from trackd.errors import LogError, NotFoundError, ViewsError
+from trackd.errors import LogError, NotFoundError, ViewsCorruptedError, ViewsError
 from trackd.eventlog.events import ContainerCreated, Event, ParamsSet, encode_event
 from trackd.eventlog.log import EventLog, Record
 from trackd.eventlog.record import RECORD_HEADER_SIZE
-from trackd.views import SQLiteReader, SQLiteViews, open_reader, open_views, projection, rebuild
+from trackd.views import (
+    SQLiteReader,
+    SQLiteViews,
+    _schema,
+    open_reader,
+    open_views,
+    projection,
+    rebuild,
+)
 from trackd.views._schema import LATEST_VERSION
 
 
@@ -247,6 +256,92 @@ def test_newer_schema_is_rebuilt(dot: Path, log: EventLog) -> None:
     conn = sqlite3.connect(dot / "views.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
     conn.close()
+
+
+def _flip_a_step(path: Path, step: int) -> None:
+    """Flip one bit of the packed step ``step`` inside views.db, as a bad sector would."""
+    data = bytearray(path.read_bytes())
+    pos = data.find(np.arange(step, step + 4, dtype="<i8").tobytes())
+    assert pos > 0, "the steps BLOB must be stored in the file as it is"
+    data[pos + 1] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_chunk_failing_its_checksum_is_refused_to_readers(dot: Path, log: EventLog) -> None:
+    """A flipped bit in a steps BLOB (invisible to PRAGMA quick_check) makes a read raise
+    ViewsCorruptedError naming the chunk, instead of returning a wrong step."""
+    Writer(log).write(*run_events(40))
+    open_views(dot, log).close()
+    _flip_a_step(dot / "views.db", 10)
+    conn = sqlite3.connect(dot / "views.db")
+    assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    conn.close()
+    reader = open_reader(dot)
+    try:
+        seq = reader.sequence("c1", "m", {})
+        assert seq is not None
+        with pytest.raises(ViewsCorruptedError, match=r"chunk \d+ of sequence \d+ .*checksum"):
+            reader.points(seq.id)
+    finally:
+        reader.close()
+
+
+def test_a_chunk_failing_its_checksum_is_rebuilt_at_open(
+    dot: Path, log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """open_views scans every chunk's checksum and rebuilds views holding a damaged one."""
+    Writer(log).write(*run_events(40))
+    open_views(dot, log).close()
+    _flip_a_step(dot / "views.db", 10)
+    with caplog.at_level(logging.WARNING, logger="trackd.views.repo"):
+        v = open_views(dot, log)
+    try:
+        assert steps_of(v) == list(range(40))
+    finally:
+        v.close()
+    assert "fails its checksum" in caplog.text
+
+
+def test_a_sequence_summary_disagreeing_with_its_chunks_is_rebuilt(
+    dot: Path, log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged count in the sequences table (its chunks intact) makes open_views rebuild."""
+    Writer(log).write(*run_events(40))
+    open_views(dot, log).close()
+    conn = sqlite3.connect(dot / "views.db")
+    conn.execute("UPDATE sequences SET count = count + 1")
+    conn.commit()
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="trackd.views.repo"):
+        v = open_views(dot, log)
+    try:
+        seq = v.sequence("c1", "m", {})
+        assert seq is not None
+        assert seq.count == 40
+    finally:
+        v.close()
+    assert "claims 41 points" in caplog.text
+
+
+def test_views_of_schema_1_are_rebuilt_with_checksums(dot: Path, log: EventLog) -> None:
+    """A views.db written before chunks had checksums (version 1) is rebuilt, not migrated
+    in place: a checksum computed now would vouch for damage the old chunks already hold."""
+    Writer(log).write(*run_events(5))
+    conn = sqlite3.connect(dot / "views.db", isolation_level=None)
+    for statement in _schema._statements(_schema.MIGRATIONS[0].sql):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    v = open_views(dot, log)
+    try:
+        assert steps_of(v) == [0, 1, 2, 3, 4]
+    finally:
+        v.close()
+    conn = sqlite3.connect(dot / "views.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    (bad,) = conn.execute("SELECT count(*) FROM sequence_chunks WHERE crc IS NULL").fetchone()
+    conn.close()
+    assert bad == 0
 
 
 def test_unopenable_views_raise_instead_of_rebuilding(dot: Path, log: EventLog) -> None:

@@ -195,12 +195,13 @@ def test_schema_tables(path: Path) -> None:
 def test_migrate_applies_pending_steps(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file of an older version gets the newer SQL steps, in order, in place."""
     SQLiteViews.open(path).close()
-    step = _schema.Migration(2, "CREATE TABLE extra (x INTEGER);")
+    nxt = _schema.LATEST_VERSION + 1
+    step = _schema.Migration(nxt, "CREATE TABLE extra (x INTEGER);")
     monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, step))
-    monkeypatch.setattr(_schema, "LATEST_VERSION", 2)
+    monkeypatch.setattr(_schema, "LATEST_VERSION", nxt)
     conn = sqlite3.connect(path, isolation_level=None)
     assert _schema.migrate(conn) is True
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == nxt
     conn.execute("SELECT x FROM extra")
     conn.close()
 
@@ -210,13 +211,14 @@ def test_migrate_refuses_rebuild_steps_and_newer_files(
 ) -> None:
     """A pending step marked rebuild, or a newer file, makes migrate() change nothing."""
     SQLiteViews.open(path).close()
-    step = _schema.Migration(2, "CREATE TABLE extra (x INTEGER);", rebuild=True)
+    latest = _schema.LATEST_VERSION
+    step = _schema.Migration(latest + 1, "CREATE TABLE extra (x INTEGER);", rebuild=True)
     monkeypatch.setattr(_schema, "MIGRATIONS", (*_schema.MIGRATIONS, step))
-    monkeypatch.setattr(_schema, "LATEST_VERSION", 2)
+    monkeypatch.setattr(_schema, "LATEST_VERSION", latest + 1)
     conn = sqlite3.connect(path, isolation_level=None)
     assert _schema.migrate(conn) is False
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-    conn.execute("PRAGMA user_version = 3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == latest
+    conn.execute(f"PRAGMA user_version = {latest + 2}")
     assert _schema.migrate(conn) is False
     conn.close()
 

@@ -42,7 +42,7 @@ from trackd.cli._output import (
     repo_option,
     yes_option,
 )
-from trackd.errors import InvalidInputError, NotFoundError
+from trackd.errors import InvalidInputError, NotFoundError, ViewsCorruptedError
 
 if TYPE_CHECKING:
     from trackd.eventlog.layout import RepoLayout
@@ -251,10 +251,12 @@ def diff_views(current: ViewReader, rebuilt: ViewReader) -> list[str]:
             if not _same(getattr(x, f), getattr(y, f))
         ]
         out.extend(f"{_seq_name(key)}: {s}" for s in summary)
-        out.extend(
-            f"{_seq_name(key)}: {s}"
-            for s in _diff_points(current.points(x.id), rebuilt.points(y.id))
-        )
+        try:
+            mine = current.points(x.id)
+        except ViewsCorruptedError as e:
+            out.append(f"{_seq_name(key)}: {e}")
+            continue
+        out.extend(f"{_seq_name(key)}: {s}" for s in _diff_points(mine, rebuilt.points(y.id)))
     return out
 
 

@@ -4,18 +4,21 @@ Owns: the in-memory form of a run of points (:class:`Cols`), the value-dtype lat
 decides what a sequence becomes when batches of different dtypes meet, the merge that keeps
 the newest value per step, and the byte layout of one stored chunk. Pure functions over
 numpy arrays; no SQL, no I/O, so any backend can store chunks the same way.
-Imports: numpy, msgpack and ``trackd.eventlog.events``.
+Imports: numpy, msgpack, crc32c and ``trackd.eventlog.events``.
 
 Chunk layout (one row of ``sequence_chunks``): ``steps`` packed ``<i8``, strictly
 increasing; ``vals`` packed values of the sequence's dtype, or a msgpack array when the dtype
 is ``"msgpack"``; ``timestamps`` packed ``<f8`` or NULL; ``axis`` a msgpack map
 name -> packed ``<f8`` or NULL. A missing timestamp or axis value is NaN; a column whose
 values are all NaN is stored as NULL, so what a reader sees never depends on how points were
-grouped into chunks.
+grouped into chunks. ``crc`` is the CRC32C of the chunk (:func:`chunk_crc`): SQLite checks
+its pages' structure but never row content, so a flipped bit in a BLOB would otherwise be
+served to readers as data.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import numpy.typing as npt
+from crc32c import crc32c
 
 from trackd.eventlog.events import (
     NUMERIC_VALUE_DTYPES,
@@ -34,8 +38,10 @@ from trackd.eventlog.events import (
 
 __all__ = [
     "OBJECT_VALUE_DTYPE",
+    "ChunkData",
     "Cols",
     "EncodedChunk",
+    "chunk_crc",
     "cols_from_event",
     "concat",
     "convert_values",
@@ -271,6 +277,35 @@ class EncodedChunk:
     vals: bytes | memoryview
     timestamps: memoryview | None
     axis: bytes | None
+    crc: int
+
+
+Blob = bytes | memoryview
+# One stored chunk as (n, steps, vals, timestamps, axis), the input of decode_chunks.
+ChunkData = tuple[int, bytes, bytes, bytes | None, bytes | None]
+
+# first_step, last_step, n and the four column lengths (-1 for NULL): with the lengths in
+# front, no two different rows hash the same bytes however their columns split.
+_CRC_HEAD = struct.Struct("<qqqqqqq")
+
+
+def chunk_crc(
+    first_step: int,
+    last_step: int,
+    n: int,
+    steps: Blob,
+    vals: Blob,
+    timestamps: Blob | None,
+    axis: Blob | None,
+) -> int:
+    """The CRC32C of one chunk row: its step range, count and all four columns."""
+    blobs = (steps, vals, timestamps, axis)
+    lengths = [-1 if b is None else len(b) for b in blobs]
+    crc = crc32c(_CRC_HEAD.pack(first_step, last_step, n, *lengths))
+    for b in blobs:
+        if b:
+            crc = crc32c(b, crc)
+    return int(crc)
 
 
 def _packed(a: npt.NDArray[Any]) -> memoryview:
@@ -291,14 +326,19 @@ def encode_chunk(points: Cols, dtype: str) -> EncodedChunk:
     axis = {
         k: _packed(v).tobytes() for k, v in sorted(points.axis.items()) if not np.isnan(v).all()
     }
+    first, last, n = int(points.steps[0]), int(points.steps[-1]), len(points)
+    steps = _packed(points.steps)
+    vals = encode_values(points.values, dtype)
+    axis_blob = pack_value(axis) if axis else None
     return EncodedChunk(
-        first_step=int(points.steps[0]),
-        last_step=int(points.steps[-1]),
-        n=len(points),
-        steps=_packed(points.steps),
-        vals=encode_values(points.values, dtype),
+        first_step=first,
+        last_step=last,
+        n=n,
+        steps=steps,
+        vals=vals,
         timestamps=ts_blob,
-        axis=pack_value(axis) if axis else None,
+        axis=axis_blob,
+        crc=chunk_crc(first, last, n, steps, vals, ts_blob, axis_blob),
     )
 
 
@@ -312,9 +352,7 @@ def decode_values(blobs: Sequence[bytes], dtype: str) -> AnyArray:
     return np.frombuffer(b"".join(blobs), dtype=np.dtype(dtype))
 
 
-def decode_chunks(
-    rows: Sequence[tuple[int, bytes, bytes, bytes | None, bytes | None]], dtype: str
-) -> Cols:
+def decode_chunks(rows: Sequence[ChunkData], dtype: str) -> Cols:
     """Decode consecutive chunks, given as ``(n, steps, vals, timestamps, axis)`` rows.
 
     The arrays are read-only when they are views of the fetched bytes.

@@ -16,6 +16,11 @@ Tables (version 1)::
     client_marks     highest client_seq applied per client_id (exactly-once after restart)
     checkpoint       one row: end_offset (log offset past the last applied record) and
                      last_offset (that record's offset, to recognise the same log later)
+
+Version 2 gives every chunk a ``crc`` (CRC32C of the row, see ``_points.chunk_crc``), checked
+on every read and by a scan when the views are opened. Files of version 1 are rebuilt: their
+chunks were never checksummed, so a checksum computed now would vouch for whatever damage
+they already hold.
 """
 
 from __future__ import annotations
@@ -100,7 +105,26 @@ CREATE TABLE checkpoint (
 INSERT INTO checkpoint (id, end_offset, last_offset) VALUES (1, 0, NULL);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, _V1),)
+# Only ever runs on a new, empty file (it is marked rebuild), so the table is replaced.
+_V2 = """
+DROP TABLE sequence_chunks;
+CREATE TABLE sequence_chunks (
+    id          INTEGER PRIMARY KEY,
+    sequence_id INTEGER NOT NULL REFERENCES sequences (id),
+    first_step  INTEGER NOT NULL,
+    last_step   INTEGER NOT NULL,
+    n           INTEGER NOT NULL,
+    crc         INTEGER NOT NULL,
+    -- small columns first: SQLite reads the BLOBs' overflow pages only when asked for them
+    steps       BLOB NOT NULL,
+    vals        BLOB NOT NULL,
+    timestamps  BLOB,
+    axis        BLOB,
+    UNIQUE (sequence_id, first_step)
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, _V1), Migration(2, _V2, rebuild=True))
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

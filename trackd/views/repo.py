@@ -28,6 +28,7 @@ from trackd.views.sqlite import (
     SQLiteViews,
     connect_writer,
     remove_sidecars,
+    scan_chunks,
 )
 
 __all__ = ["REBUILD_SUFFIX", "VIEWS_FILE", "open_reader", "open_views", "rebuild"]
@@ -84,8 +85,9 @@ def open_views(
 ) -> SQLiteViews:
     """Open a repository's views for writing, rebuilt if needed and caught up with the log.
 
-    The file is rebuilt from the log when it is missing, unreadable or damaged (including a
-    failed ``PRAGMA quick_check``), of a newer schema than this build knows, or when its
+    The file is rebuilt from the log when it is missing, unreadable or damaged (a failed
+    ``PRAGMA quick_check``, a truncated file, a chunk failing its checksum or a sequence
+    whose summary disagrees with its chunks), of another schema than this build's, or when its
     checkpoint is past ``log.synced_offset`` or does not end a record of this log (the log
     was cut at recovery). Then every synced record past the checkpoint is applied.
 
@@ -137,7 +139,7 @@ def _open_existing(
         if check != ["ok"]:
             conn.close()
             return None, f"quick_check failed: {'; '.join(map(str, check[:3]))}"
-        short = _truncated(conn, path)
+        short = _truncated(conn, path) or scan_chunks(conn, path)
         if short:
             conn.close()
             return None, short

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trackd.errors import NotFoundError, ViewsError
+from trackd.errors import NotFoundError, ViewsCorruptedError, ViewsError
 from trackd.eventlog.events import (
     ContainerCreated,
     ContainerDeleted,
@@ -51,6 +51,7 @@ __all__ = [
     "SQLiteReader",
     "SQLiteViews",
     "WalCheckpointer",
+    "scan_chunks",
 ]
 
 # SQLite keeps a 64-bit signed integer; msgpack allows client_seq up to 2**64 - 1.
@@ -83,6 +84,63 @@ class RebuildRequiredError(ViewsError):
     Unlike a plain :class:`ViewsError`, nothing is wrong with the machine: rebuilding the
     views from the log (which :func:`trackd.views.open_views` does by itself) resolves it.
     """
+
+
+# The columns of a chunk that its checksum covers, in chunk_crc's order after the id.
+_CHUNK_COLUMNS = "id, sequence_id, crc, first_step, last_step, n, steps, vals, timestamps, axis"
+ChunkRow = tuple[int, int, int, int, int, int, bytes, bytes, bytes | None, bytes | None]
+
+
+def _corrupted(path: Path, r: ChunkRow, computed: int) -> ViewsCorruptedError:
+    return ViewsCorruptedError(
+        f"views at {path} are damaged: chunk {r[0]} of sequence {r[1]} (steps {r[3]}..{r[4]}) "
+        f"fails its checksum (stored {r[2]:#010x}, computed {computed:#010x}); the daemon "
+        "rebuilds the views from the event log when it next opens the repository, or run "
+        "`trackd views rebuild`"
+    )
+
+
+def _checked(rows: Sequence[ChunkRow], path: Path) -> list[pts.ChunkData]:
+    """The ``(n, steps, vals, timestamps, axis)`` of chunk rows whose checksums hold.
+
+    Raises:
+        ViewsCorruptedError: a row's content does not match its ``crc``.
+    """
+    out: list[pts.ChunkData] = []
+    for r in rows:
+        computed = pts.chunk_crc(*r[3:])
+        if computed != r[2]:
+            raise _corrupted(path, r, computed)
+        out.append(r[5:])
+    return out
+
+
+def scan_chunks(conn: sqlite3.Connection, path: Path) -> str:
+    """Check every chunk against its checksum and every sequence's summary against its
+    chunks; the first problem found, or "" when the views hold together.
+
+    Reads the whole table once (the cost of reading every point, a fraction of a rebuild).
+    """
+    cur = conn.execute(f"SELECT {_CHUNK_COLUMNS} FROM sequence_chunks")
+    while rows := cur.fetchmany(256):
+        try:
+            _checked(rows, path)
+        except ViewsCorruptedError as e:
+            return str(e)
+    bad = conn.execute(
+        "SELECT s.id, s.count, s.chunk_count, total, chunks FROM sequences AS s LEFT JOIN "
+        "(SELECT sequence_id, sum(n) AS total, count(*) AS chunks, min(first_step) AS lo, "
+        "max(last_step) AS hi FROM sequence_chunks GROUP BY sequence_id) AS c "
+        "ON c.sequence_id = s.id WHERE s.count IS NOT coalesce(total, 0) "
+        "OR s.chunk_count IS NOT coalesce(chunks, 0) "
+        "OR (chunks > 0 AND (s.first_step IS NOT lo OR s.last_step IS NOT hi)) LIMIT 1"
+    ).fetchone()
+    if bad is not None:
+        return (
+            f"views at {path} are damaged: sequence {bad[0]} claims {bad[1]} points in "
+            f"{bad[2]} chunks but its chunks hold {bad[3] or 0} in {bad[4] or 0}"
+        )
+    return ""
 
 
 def _views_error(action: str, path: Path, e: sqlite3.Error) -> ViewsError:
@@ -176,9 +234,10 @@ class _Seq:
 class _Apply:
     """The state of one :meth:`SQLiteViews.apply` transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, policy: ChunkPolicy) -> None:
+    def __init__(self, conn: sqlite3.Connection, policy: ChunkPolicy, path: Path) -> None:
         self.conn = conn
         self.policy = policy
+        self.path = path
         self.exists: dict[str, bool] = {}
         self.seqs: dict[tuple[str, str, str], _Seq] = {}
         self.marks: dict[bytes, int] = {}
@@ -354,14 +413,15 @@ class _Apply:
     def convert_stored(self, seq: _Seq, final: str, via: str | None) -> None:
         """Rewrite the values of every stored chunk of ``seq`` in dtype ``final``."""
         rows = self.conn.execute(
-            "SELECT id, vals FROM sequence_chunks WHERE sequence_id = ?", (seq.id,)
+            f"SELECT {_CHUNK_COLUMNS} FROM sequence_chunks WHERE sequence_id = ?", (seq.id,)
         ).fetchall()
         updates = []
-        for cid, blob in rows:
-            values = pts.decode_values([blob], seq.dtype)
-            converted = pts.convert_values(values, seq.dtype, final, via)
-            updates.append((pts.encode_values(converted, final), cid))
-        self.conn.executemany("UPDATE sequence_chunks SET vals = ? WHERE id = ?", updates)
+        for r, (n, steps, vals, ts, axis) in zip(rows, _checked(rows, self.path), strict=True):
+            values = pts.decode_values([vals], seq.dtype)
+            new = pts.encode_values(pts.convert_values(values, seq.dtype, final, via), final)
+            crc = pts.chunk_crc(r[3], r[4], n, steps, new, ts, axis)
+            updates.append((new, crc, r[0]))
+        self.conn.executemany("UPDATE sequence_chunks SET vals = ?, crc = ? WHERE id = ?", updates)
         if seq.count:
             one = pts.values_array([seq.last_value], seq.dtype)
             seq.last_value = pts.convert_values(one, seq.dtype, final, via)[0]
@@ -419,10 +479,20 @@ class _Apply:
         chunks = [pts.encode_chunk(c, seq.dtype) for c in pts.split(merged, self.policy.max_points)]
         self.conn.executemany(
             "INSERT INTO sequence_chunks "
-            "(sequence_id, first_step, last_step, n, steps, vals, timestamps, axis) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "(sequence_id, first_step, last_step, n, crc, steps, vals, timestamps, axis) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (seq.id, c.first_step, c.last_step, c.n, c.steps, c.vals, c.timestamps, c.axis)
+                (
+                    seq.id,
+                    c.first_step,
+                    c.last_step,
+                    c.n,
+                    c.crc,
+                    c.steps,
+                    c.vals,
+                    c.timestamps,
+                    c.axis,
+                )
                 for c in chunks
             ],
         )
@@ -437,11 +507,11 @@ class _Apply:
     def load_chunks(self, seq: _Seq, ids: list[int]) -> pts.Cols:
         marks = ",".join("?" * len(ids))
         rows = self.conn.execute(
-            f"SELECT n, steps, vals, timestamps, axis FROM sequence_chunks "
+            f"SELECT {_CHUNK_COLUMNS} FROM sequence_chunks "
             f"WHERE id IN ({marks}) ORDER BY first_step",
             ids,
         ).fetchall()
-        return pts.decode_chunks(rows, seq.dtype)
+        return pts.decode_chunks(_checked(rows, self.path), seq.dtype)
 
 
 def _sql_value(value: Any, dtype: str) -> Any:
@@ -569,11 +639,11 @@ class _Queries(ViewReader):
             if head is None:
                 raise NotFoundError(f"no sequence with id {sequence_id} in {self._path}")
             rows = c.execute(
-                "SELECT n, steps, vals, timestamps, axis FROM sequence_chunks "
+                f"SELECT {_CHUNK_COLUMNS} FROM sequence_chunks "
                 "WHERE sequence_id = ? ORDER BY first_step",
                 (sequence_id,),
             ).fetchall()
-        cols = pts.decode_chunks(rows, head[0])
+        cols = pts.decode_chunks(_checked(rows, self._path), head[0])
         return Points(cols.steps, cols.values, cols.timestamps, cols.axis)
 
     @property
@@ -707,7 +777,7 @@ class SQLiteViews(_Queries, ViewStore):
         conn = self._db()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            txn = _Apply(conn, self._policy)
+            txn = _Apply(conn, self._policy, self._path)
             for le in todo:
                 txn.event(le.event)
             txn.finish()
