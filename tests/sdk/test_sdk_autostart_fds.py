@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,6 +14,15 @@ from trackd.wire.sockfiles import read_pidfile
 pytestmark = pytest.mark.integration
 
 
+def _open_files(pid: int) -> set[str]:
+    """What the descriptors of ``pid`` point at (one closed while listing is skipped)."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return out
+
+
 def test_autostarted_daemon_holds_no_inherited_pipe(socket_env: Path) -> None:
     """A pipe the trainer made inheritable is not open in the daemon it starts."""
     r, w = os.pipe()
@@ -22,7 +32,7 @@ def test_autostarted_daemon_holds_no_inherited_pipe(socket_env: Path) -> None:
         pid = read_pidfile(socket_env)
         assert pid is not None
         pipe = os.readlink(f"/proc/self/fd/{w}")
-        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        held = _open_files(pid)
         assert pipe not in held, f"the daemon holds the trainer's pipe {pipe}"
     finally:
         os.close(r)

@@ -3,12 +3,13 @@ many producers and many auto-starts at once. Nothing acknowledged is lost, nothi
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sdk_support import (
@@ -26,7 +27,7 @@ import trackd
 from trackd.errors import FlushTimeoutError, TrackdError
 from trackd.eventlog.events import SequenceAppended
 from trackd.eventlog.layout import RepoLayout
-from trackd.sdk.client import SpoolWarning, get_client
+from trackd.sdk.client import Client, SpoolWarning, get_client
 
 if TYPE_CHECKING:
     from conftest import DaemonProc
@@ -64,6 +65,31 @@ def test_many_producer_processes_at_once(daemon: DaemonProc, repo_path: Path) ->
     assert len(set(hashes)) == 6
     for h in hashes:
         _check_full_run(repo_path, h, n)
+
+
+def test_exit_right_after_a_flush_spools_nothing(
+    daemon: DaemonProc, repo_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events a flush confirmed are not spooled at exit, even when the flusher stops before
+    it took the daemon's reply and acks from its inbox (the reply resolves the caller on the
+    reader thread, so a process that exits right after close() can get there first; under
+    load it did, and every such exit spooled events the daemon already had)."""
+    real = Client._handle_inbox
+
+    def without_messages(self: Client, resolved: list[Any]) -> None:
+        # The flusher never gets to the daemon's messages before it shuts down.
+        self._inbox = collections.deque(i for i in self._inbox if i[0] != "msg")
+        real(self, resolved)
+
+    monkeypatch.setattr(Client, "_handle_inbox", without_messages)
+    client = get_client(repo_path)
+    run = trackd.Run(repo=repo_path)
+    for i in range(500):
+        run.track(float(i), "loss", step=i)
+    client.flush()
+    client.close()
+    assert client._unacked == collections.deque()
+    assert _spool_files(repo_path) == []
 
 
 KILLED_PRODUCER = """
@@ -201,7 +227,9 @@ def test_spooling_client_replays_its_spool_when_a_daemon_appears(
     second = trackd.Run(repo=repo_path)
     second.track(1.0, "after")
     second.close()  # barrier: replays the spool first, then this run
-    assert _spool_files(repo_path) == []
+    # close() returns on the reader thread's copy of the reply; the flusher deletes the
+    # spool once it has taken the acks, a moment later.
+    wait_for(lambda: not _spool_files(repo_path), timeout=5, what="the replayed spool deleted")
     _check_full_run(repo_path, run.hash, n)
     assert list(trackd.Repo(repo_path).get_container(second.hash).sequences["after"].values()) == [
         1.0

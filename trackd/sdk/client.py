@@ -744,8 +744,8 @@ class Client:
         except (OSError, _Stalled) as e:
             self._lost(conn, f"sending failed: {e}")
 
-    def _spool_append(self, events: list[tuple[int, bytes]]) -> None:
-        """Append events to the spool file (created on first use).
+    def _spool_append(self, events: list[tuple[int, bytes]], why: str = "") -> None:
+        """Append events to the spool file (created on first use; ``why`` is logged then).
 
         When the spool cannot be written (disk full, no permission) nothing can make these
         events durable: they are dropped, and the next flush raises an error saying so.
@@ -753,7 +753,7 @@ class Client:
         if not events:
             return
         try:
-            spool = self._ensure_spool(events[0][0])
+            spool = self._ensure_spool(events[0][0], why)
             spool.append([p for _s, p in events])
         except OSError as e:
             where = self.layout.spool_dir if self._spool is None else self._spool.path
@@ -766,13 +766,15 @@ class Client:
             return
         self._spool_last = events[-1][0]
 
-    def _ensure_spool(self, first_seq: int) -> SpoolWriter:
+    def _ensure_spool(self, first_seq: int, why: str = "") -> SpoolWriter:
         if self._spool is None:
             self._spool = SpoolWriter(self.layout.ensure().spool_dir, self.client_id)
             self._spool_first = first_seq
             self._spool_last = first_seq - 1
             log.warning(
-                "trackd: no daemon on %s; spooling events to %s", self.sock_path, self._spool.path
+                "trackd: %s; spooling events to %s",
+                why or f"no daemon on {self.sock_path}",
+                self._spool.path,
             )
         return self._spool
 
@@ -817,12 +819,15 @@ class Client:
             self._close_inbox_sockets()
 
     def _close_inbox_sockets(self) -> None:
-        """Close connections the connector made that the flusher will never take."""
+        """Close connections the connector made that the flusher will never take, and take
+        the acks that arrived on the current one."""
         inbox = self._inbox
         while inbox:
             item = inbox.popleft()
             if item[0] == "connected":
                 item[2].close()
+            elif item[0] == "msg" and item[1] is self._conn and isinstance(item[2], Ack):
+                self._on_ack(item[2].seq)
 
     def _handle_inbox(self, resolved: list[tuple[_Waiter, str, Any, BaseException | None]]) -> None:
         inbox = self._inbox
@@ -992,7 +997,7 @@ class Client:
             else:
                 resolved.append((r.waiter, "offline", None, None))
 
-    def _enter_spool(self) -> None:
+    def _enter_spool(self, why: str = "") -> None:
         """Move every event held in memory to the spool; later events follow them there."""
         if self.mode == SPOOL:
             return
@@ -1000,7 +1005,7 @@ class Client:
         self._unacked.clear()
         self._pending.clear()
         self._mem = 0
-        self._spool_append(events)
+        self._spool_append(events, why)
         self.mode = SPOOL
 
     def _sync_spool(self) -> tuple[Path, int] | None:
@@ -1041,7 +1046,11 @@ class Client:
             events = list(self._unacked)
             self._unacked.clear()
             self._mem = 0
-            self._spool_append(events)
+            self._spool_append(
+                events,
+                f"the daemon on {self.sock_path} has not confirmed "
+                f"{MEMORY_BOUND >> 20} MiB of events",
+            )
             self.mode = DRAIN
         elif self.mode == CONNECTING and (
             self._mem > MEMORY_BOUND
@@ -1105,10 +1114,16 @@ class Client:
 
     def _shutdown(self) -> None:
         self._flusher_done = True
+        # A flush reply handled on the reader thread, and acks still in the inbox, confirm
+        # events that would otherwise be spooled (and ingested again) at every exit.
+        self._on_ack(self._flushed_seq)
         self._close_inbox_sockets()
         if self._unacked or self._pending:
             # Not confirmed durable by a daemon: keep them in a spool for one to ingest.
-            self._enter_spool()
+            self._enter_spool(
+                f"exiting with {len(self._unacked) + len(self._pending)} events the daemon "
+                f"on {self.sock_path} has not confirmed"
+            )
         conn = self._conn
         if conn is not None:
             self._conn = None
