@@ -42,6 +42,7 @@ def require_layout(repo: Path | None) -> RepoLayout:
 
     Raises:
         NotFoundError: the folder holds no ``.trackd`` (exit 1, suggesting ``trackd init``).
+        AccessDeniedError: a symbolic link leads out of the repository's files.
         ConfigError: a bad setting decides the default repository.
     """
     from trackd.eventlog.layout import RepoLayout
@@ -52,7 +53,7 @@ def require_layout(repo: Path | None) -> RepoLayout:
             f"no trackd repository at {layout.root}; create one with "
             f"`trackd init --repo {layout.root}`, or name another with --repo"
         )
-    return layout
+    return layout.check_contained()
 
 
 @contextlib.contextmanager
@@ -139,14 +140,12 @@ def log_extent(layout: RepoLayout) -> LogExtent:
 
 def spool_files(layout: RepoLayout) -> list[Path]:
     """The spool files waiting in the repository, in the order a daemon ingests them."""
-    from trackd.eventlog.spool import parse_spool_name
+    from trackd.eventlog.spool import list_spool
 
     try:
-        names = os.listdir(layout.spool_dir)
+        return list_spool(layout.spool_dir)[0]
     except FileNotFoundError:
         return []
-    found = [(p[2], n) for n in names if (p := parse_spool_name(n)) is not None]
-    return [layout.spool_dir / n for _t, n in sorted(found)]
 
 
 def daemon_status(sock: Path) -> dict[str, Any] | None:

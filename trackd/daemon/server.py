@@ -414,10 +414,16 @@ def _log_format(fmt: str) -> Literal["auto", "journal", "text"]:
 def _lock_instance(path: Path) -> int:
     """Take ``<socket>.lock``; the descriptor holds it for the life of the process.
 
+    Never through a symbolic link: in a shared sticky folder another user could plant one.
+
     Raises:
-        _StartError: another daemon holds it (the message names its pid).
+        _StartError: another daemon holds it (the message names its pid), or it cannot be
+            opened (e.g. it is a symbolic link).
     """
-    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise _StartError(f"cannot open the lock file {lock_path(path)}: {e}") from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -477,14 +483,24 @@ def _bind(path: Path) -> socket.socket:
 
 
 def _write_pidfile(path: Path) -> None:
+    """Write ``<socket>.pid`` atomically, never through a link planted at its temporary name.
+
+    Raises:
+        _StartError: the file cannot be written.
+    """
     pf = pidfile_path(path)
     tmp = pf.with_name(pf.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, pf)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by a crash, or a link someone planted: never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, pf)
+    except OSError as e:
+        raise _StartError(f"cannot write the pidfile {pf}: {e}") from e
 
 
 def _remove_own_files(path: Path, bound: bool) -> None:

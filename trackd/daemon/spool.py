@@ -7,7 +7,9 @@ are dropped there by client id and seq), and once they are durable the file is u
 the folder fsynced. A file with a bad record is moved to ``.trackd/quarantine/`` after the
 records before the damage were ingested, with an ERROR naming it. While some file is still
 locked by a live writer the folder is rescanned every ``spool_rescan_interval`` seconds,
-because a writer's exit does not always produce a file event.
+because a writer's exit does not always produce a file event. Entries named like spool files
+that are not regular files (a symbolic link could lead outside the repository, opening a FIFO
+would block the watcher) are never opened; a warning names them.
 Imports ``trackd.eventlog`` (spool reading, event codec) and watchfiles.
 """
 
@@ -25,7 +27,7 @@ import watchfiles
 from trackd.daemon.writer import Batch, memory_cost
 from trackd.errors import EventError
 from trackd.eventlog.events import Event, decode_event
-from trackd.eventlog.spool import SPOOL_SUFFIX, parse_spool_name, read_spool, try_lock_spool
+from trackd.eventlog.spool import SPOOL_SUFFIX, list_spool, read_spool, try_lock_spool
 
 if TYPE_CHECKING:
     from trackd.daemon.repository import Repository
@@ -110,6 +112,9 @@ class SpoolWatcher:
             handle = await asyncio.to_thread(try_lock_spool, path)
         except FileNotFoundError:
             return True  # ingested by an earlier scan, or removed by its writer
+        except OSError as e:  # e.g. replaced by a symbolic link since it was listed
+            log.warning("cannot open spool file %s (%s); leaving it alone", path, e)
+            return True
         if handle is None:
             return False
         try:
@@ -162,13 +167,15 @@ class SpoolWatcher:
 
 
 def _list_spool(d: Path) -> list[Path]:
-    """Spool files in ingest order: by creation time, so one client's files stay in order."""
-    found: list[tuple[int, str]] = []
-    for name in os.listdir(d):
-        parsed = parse_spool_name(name)
-        if parsed is not None:
-            found.append((parsed[2], name))
-    return [d / name for _, name in sorted(found)]
+    """Spool files in ingest order; entries that are not regular files are left alone."""
+    files, foreign = list_spool(d)
+    for p in foreign:
+        log.warning(
+            "ignoring %s: it is named like a spool file but is not a regular file (a "
+            "symbolic link, FIFO or folder), so trackd never opens it",
+            p,
+        )
+    return files
 
 
 def _fsync_dir(d: Path) -> None:

@@ -11,6 +11,10 @@ Names and locks::
 
     <repo>/.trackd/spool/<client_id hex>-<pid>-<time_ns>.spool
 
+Only regular files are spool files: an entry named like one that is a symbolic link (which
+could lead outside the repository), a FIFO (opening it would block) or any other kind of file
+was not written by trackd, and :func:`list_spool` and :func:`try_lock_spool` never open it.
+
 A writer creates the file under a hidden temporary name, takes an exclusive ``flock`` on it,
 writes and syncs the header, and only then renames it to its ``.spool`` name and syncs the
 folder. So a reader that finds a ``.spool`` file and can lock it (:func:`try_lock_spool`)
@@ -50,6 +54,7 @@ __all__ = [
     "SpoolLock",
     "SpoolWriter",
     "iter_spool",
+    "list_spool",
     "parse_spool_name",
     "read_spool",
     "try_lock_spool",
@@ -79,6 +84,34 @@ def parse_spool_name(name: str) -> tuple[bytes, int, int] | None:
     except ValueError:
         return None
     return client_id, int(parts[1]), int(parts[2])
+
+
+def list_spool(spool_dir: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+    """The spool files of a folder in ingest order, and the entries named like spool files
+    that are not regular files (see the module docstring), which the caller must leave alone.
+
+    Spool files sort by ``time_ns``, so one client's files stay in the order it wrote them.
+
+    Raises:
+        OSError: the folder cannot be listed.
+    """
+    d = Path(spool_dir)
+    found: list[tuple[int, str]] = []
+    foreign: list[Path] = []
+    with os.scandir(d) as entries:
+        for entry in entries:
+            parsed = parse_spool_name(entry.name)
+            if parsed is None:
+                continue
+            try:
+                regular = entry.is_file(follow_symlinks=False)
+            except OSError:  # removed meanwhile
+                continue
+            if regular:
+                found.append((parsed[2], entry.name))
+            else:
+                foreign.append(d / entry.name)
+    return [d / name for _t, name in sorted(found)], sorted(foreign)
 
 
 class SpoolWriter:
@@ -309,15 +342,18 @@ class SpoolLock:
 def try_lock_spool(path: str | os.PathLike[str]) -> SpoolLock | None:
     """Take a spool file's lock without waiting.
 
+    A symbolic link is not followed and a FIFO does not block (see the module docstring).
+
     Returns:
         The lock, or None while a live writer holds it (or the file no longer exists).
 
     Raises:
-        OSError: the file exists but cannot be opened or locked for another reason.
+        OSError: the file exists but cannot be opened or locked for another reason, e.g.
+            it is a symbolic link (``ELOOP``).
     """
     p = Path(path)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     try:

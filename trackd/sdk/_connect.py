@@ -42,7 +42,9 @@ log = logging.getLogger("trackd.sdk")
 HANDSHAKE_TIMEOUT = 10.0
 AUTOSTART_WAIT = 10.0
 _LOCK_NAME = "autostart.lock"
-_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+#: Files beside the socket are never opened through a symbolic link: in a shared sticky
+#: folder (which the socket folder may be) another user could plant one.
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 #: Pids of the daemons this process started (tests count them).
 spawned: list[int] = []
 
@@ -139,9 +141,11 @@ def autostart(path: Path, wait: float = AUTOSTART_WAIT) -> bool:
 
     Raises:
         ConfigError: the socket folder belongs to someone else or is open to others.
+        OSError: the lock or log file beside the socket cannot be opened, e.g. because it
+            is a symbolic link (``ELOOP``).
     """
     d = ensure_socket_dir(path)
-    fd = os.open(d / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(d / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + wait + 5.0
         while True:

@@ -31,6 +31,7 @@ __all__ = [
     "check_property",
     "check_value",
     "context_entry",
+    "is_text",
 ]
 
 EMPTY_CONTEXT_KEY = "{}"  # canonical key of context None / {}
@@ -58,8 +59,23 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def is_text(text: str) -> bool:
+    """True when ``text`` can be stored: it encodes as UTF-8, so it holds no lone surrogate
+    (``"\\ud800"``, or what ``os.fsdecode`` makes of bytes that are not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NOT_TEXT = "which is not valid Unicode text (a lone surrogate cannot be encoded as UTF-8)"
+
+
 def bad_name(name: Any) -> InvalidNameError:
-    """The error for a sequence name that is not a non-empty str."""
+    """The error for a sequence name that is not a non-empty str of valid Unicode text."""
+    if isinstance(name, str) and name:
+        return InvalidNameError(f"sequence name {_show(name)} is not allowed, {_NOT_TEXT}")
     if isinstance(name, str):
         return InvalidNameError("a sequence name must be a non-empty str, got ''")
     return InvalidNameError(
@@ -223,6 +239,8 @@ def _check_tree(value: Any, where: str, depth: int = 0) -> None:
     if depth > 32:
         raise InvalidValueError(f"{where} is nested more than 32 levels deep")
     if isinstance(value, _SCALARS):
+        if isinstance(value, str) and not is_text(value):
+            raise InvalidValueError(f"{where} holds {_show(value)}, {_NOT_TEXT}")
         if (
             isinstance(value, int)
             and not isinstance(value, bool)
@@ -236,6 +254,8 @@ def _check_tree(value: Any, where: str, depth: int = 0) -> None:
                 raise InvalidValueError(
                     f"{where} has key {_show(k)} of type {type(k).__name__}; keys must be str"
                 )
+            if not is_text(k):
+                raise InvalidValueError(f"{where} has key {_show(k)}, {_NOT_TEXT}")
             _check_tree(v, f"{where}[{k!r}]", depth + 1)
         return
     if isinstance(value, (list, tuple)):
@@ -253,13 +273,17 @@ def check_param_key(key: Any) -> tuple[str, ...]:
     """Turn ``run[key]``'s key into a path of str keys.
 
     Raises:
-        InvalidNameError: not a non-empty str or a non-empty tuple of non-empty str.
+        InvalidNameError: not a non-empty str or a non-empty tuple of non-empty str, or a
+            str that is not valid Unicode text.
     """
     path = key if isinstance(key, tuple) else (key,)
     if not path or not all(isinstance(k, str) and k for k in path):
         raise InvalidNameError(
             f"a param key must be a non-empty str or a tuple of them, got {_show(key)}"
         )
+    for k in path:
+        if not is_text(k):
+            raise InvalidNameError(f"param key {_show(k)} is not allowed, {_NOT_TEXT}")
     return path
 
 
@@ -292,13 +316,15 @@ def check_property(key: str, value: Any) -> Any:
 
     Raises:
         InvalidValueError: name/experiment/description not a str or None, archived not a
-            bool, tags not a list of str.
+            bool, tags not a list of str, or a str that is not valid Unicode text.
     """
     if key in ("name", "experiment", "description"):
         if value is not None and not isinstance(value, str):
             raise InvalidValueError(
                 f"{key} must be a str or None, got {type(value).__name__} {_show(value)}"
             )
+        if value is not None and not is_text(value):
+            raise InvalidValueError(f"{key} {_show(value)} is not allowed, {_NOT_TEXT}")
         return value
     if key == "archived":
         if not isinstance(value, bool):
@@ -307,5 +333,8 @@ def check_property(key: str, value: Any) -> Any:
     if key == "tags":
         if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) and t for t in value):
             raise InvalidValueError(f"tags must be a list of non-empty str, got {_show(value)}")
+        for t in value:
+            if not is_text(t):
+                raise InvalidValueError(f"tag {_show(t)} is not allowed, {_NOT_TEXT}")
         return list(dict.fromkeys(value))
     raise InvalidNameError(f"unknown property {key!r}")

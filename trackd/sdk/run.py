@@ -38,6 +38,7 @@ from trackd.sdk._values import (
     check_param_key,
     check_property,
     check_value,
+    is_text,
 )
 from trackd.sdk.container import Container
 from trackd.sdk.repo import Repo, resolve_repo
@@ -224,7 +225,7 @@ class Run(Container):
                 ``{"subset": "train"}``.
 
         Raises:
-            InvalidNameError: ``name`` is not a non-empty str.
+            InvalidNameError: ``name`` is not a non-empty str of valid Unicode text.
             InvalidValueError: bad value, step or context; nothing was recorded.
         """
         if type(name) is not str or not name:
@@ -314,6 +315,10 @@ class Run(Container):
         return by_name, key
 
     def _new_sid(self, name: str, key: str) -> int:
+        # The first call with a name checks that it can be encoded at all: the flusher
+        # could not send it, and every later event of the client would be stuck behind it.
+        if not is_text(name):
+            raise bad_name(name)
         sid = 0 if self._client is None else self._client.sequence_id(self._hash, name, key)
         self._sids.setdefault(key, {})[name] = sid
         return sid

@@ -143,6 +143,17 @@ def scan_chunks(conn: sqlite3.Connection, path: Path) -> str:
     return ""
 
 
+def _storable(*keys: str) -> bool:
+    """False when a lookup key cannot be bound as UTF-8 text (a lone surrogate): nothing with
+    such a name was ever stored, so the lookup finds nothing instead of raising."""
+    try:
+        for k in keys:
+            k.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _views_error(action: str, path: Path, e: sqlite3.Error) -> ViewsError:
     return ViewsError(f"cannot {action} views at {path}: {e}")
 
@@ -607,6 +618,8 @@ class _Queries(ViewReader):
         return [_container_row(r) for r in rows]
 
     def container(self, hash: str) -> ContainerRow | None:
+        if not _storable(hash):
+            return None
         with self._snapshot("read a container from") as c:
             r = c.execute(
                 f"SELECT {_CONTAINER_COLUMNS} FROM containers WHERE hash = ?", (hash,)
@@ -614,6 +627,8 @@ class _Queries(ViewReader):
         return None if r is None else _container_row(r)
 
     def sequences(self, container: str | None = None) -> list[SequenceRow]:
+        if container is not None and not _storable(container):
+            return []
         where, args = ("WHERE container = ?", (container,)) if container is not None else ("", ())
         with self._snapshot("list sequences in") as c:
             rows = c.execute(
@@ -623,11 +638,14 @@ class _Queries(ViewReader):
         return [_sequence_row(r) for r in rows]
 
     def sequence(self, container: str, name: str, context: dict[str, Any]) -> SequenceRow | None:
+        ctx = canonical_context(context)
+        if not _storable(container, name, ctx):
+            return None
         with self._snapshot("read a sequence from") as c:
             r = c.execute(
                 f"SELECT {_SEQ_COLUMNS} FROM sequences "
                 "WHERE container = ? AND name = ? AND context = ?",
-                (container, name, canonical_context(context)),
+                (container, name, ctx),
             ).fetchone()
         return None if r is None else _sequence_row(r)
 
