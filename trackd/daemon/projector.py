@@ -173,6 +173,8 @@ class Projector:
             _n, b = waits.popleft()
             if not b.future.done():
                 b.future.set_result(b.offset)
+                if b.on_applied is not None:
+                    b.on_applied(b.offset)
 
     def _next_chunk(
         self, pending: collections.deque[LoggedEvent], limit: int

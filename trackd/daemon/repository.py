@@ -304,15 +304,19 @@ class Repository:
         self.reserve(batch.nbytes)
         self.writer.submit(batch)
 
-    def flush(self) -> asyncio.Future[int]:
+    def flush(self, on_applied: Callable[[int], None] | None = None) -> asyncio.Future[int]:
         """Queue a flush barrier behind everything queued so far.
+
+        Args:
+            on_applied: Called with the offset as soon as the barrier is answered (see
+                :class:`~trackd.daemon.writer.Barrier`); failures only resolve the future.
 
         Returns:
             A future resolved with the log offset once everything before it is durable and
             applied to the views.
         """
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.writer.submit(Barrier(fut))
+        self.writer.submit(Barrier(fut, on_applied=on_applied))
         return fut
 
     def _synced(self, events: list[LoggedEvent], nbytes: int, barriers: list[Barrier]) -> None:

@@ -380,8 +380,10 @@ class Session(asyncio.Protocol):
                 )
             )
         elif op == "flush":
-            fut = self.repo.flush()
-            fut.add_done_callback(lambda f: self._flushed(rid, f))
+            # Success is answered the moment the projector applies the barrier; a failure
+            # (the log or views failed, the daemon stops) through the future.
+            fut = self.repo.flush(on_applied=lambda offset: self._flush_applied(rid, offset))
+            fut.add_done_callback(lambda f: self._flush_failed(rid, f))
         else:
             container = req.args.get("container")
             if not isinstance(container, str) or not container:
@@ -404,7 +406,11 @@ class Session(asyncio.Protocol):
                 released = self.repo.close_container(container, self)
                 self._send(Reply(rid, {"container": container, "released": released}))
 
-    def _flushed(self, rid: int, fut: asyncio.Future[int]) -> None:
+    def _flush_applied(self, rid: int, offset: int) -> None:
+        if not self.closed:
+            self._send(Reply(rid, {"offset": offset}))
+
+    def _flush_failed(self, rid: int, fut: asyncio.Future[int]) -> None:
         if self.closed:
             return
         if fut.cancelled():
@@ -414,8 +420,6 @@ class Session(asyncio.Protocol):
         if exc is not None:
             err = exc if isinstance(exc, TrackdError) else TrackdError(str(exc))
             self._send(error_reply(rid, err))
-            return
-        self._send(Reply(rid, {"offset": fut.result()}))
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -81,10 +81,14 @@ class Barrier:
     Attributes:
         future: Resolved (by the projector) with the log offset that is durable and applied.
         offset: The synced end offset when the barrier passed the writer.
+        on_applied: Called with that offset the moment the projector answers the barrier,
+            before the future's callbacks (which run one loop iteration later, behind
+            whatever else is ready then): a reply sent from here reaches the client sooner.
     """
 
     future: asyncio.Future[int]
     offset: int = 0
+    on_applied: Callable[[int], None] | None = None
 
 
 class _Stop:
