@@ -105,3 +105,20 @@ def test_damaged_spool_is_quarantined_after_ingesting_its_good_prefix(
     assert read_points(repo_path, "q", "loss") == [(0, 0.0), (1, 0.5)]
     wait_for(lambda: "is damaged" in daemon.log(), what="the damage to be logged")
     assert path.name in daemon.log()
+
+
+def test_warm_up_imports_what_the_watcher_would_import_on_the_event_loop() -> None:
+    """After warm_up() (which the daemon runs before it serves), the anyio backend that
+    watchfiles.awatch would import inside the first spool watcher is already loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from trackd.daemon import spool\n"
+        "assert 'anyio._backends._asyncio' not in sys.modules\n"
+        "spool.warm_up()\n"
+        "assert 'anyio._backends._asyncio' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from trackd.daemon import spool
 from trackd.daemon import systemd as sd
 from trackd.daemon.repository import Repository
 from trackd.daemon.session import Session
@@ -541,6 +543,10 @@ def run_daemon(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _remember_early_signal)
     settings = settings or DaemonSettings()
+    spool.warm_up()
+    # Everything imported so far lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which otherwise walk it on the event loop's thread.
+    gc.freeze()
     path = settings.socket or socket_path()
     bound = False
     lock_fd = -1

@@ -16,6 +16,8 @@ Imports ``trackd.eventlog`` (spool reading, event codec) and watchfiles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
 import os
 import time
@@ -176,6 +178,14 @@ def _list_spool(d: Path) -> list[Path]:
             p,
         )
     return files
+
+
+def warm_up() -> None:
+    """Import now what :func:`watchfiles.awatch` imports on first use (its anyio backend,
+    ~45 ms), which would otherwise hold the event loop while the first clients connect.
+    Best effort: a watchfiles that no longer needs it loses nothing."""
+    with contextlib.suppress(ImportError):
+        importlib.import_module("anyio._backends._asyncio")
 
 
 def _fsync_dir(d: Path) -> None:
