@@ -41,6 +41,7 @@ def test_start_status_stop(socket_env: Path, repo_path: Path) -> None:
     c.welcome(repo_path)
     c.append(point_stream(c.client_id, "r", "loss", 10))
     c.flush()
+    c.flush()
 
     st = trackd("daemon", "status", "--json")
     assert st.returncode == 0, st.stderr
@@ -53,11 +54,15 @@ def test_start_status_stop(socket_env: Path, repo_path: Path) -> None:
     assert repo["lag_bytes"] == 0
     assert repo["lag_events"] == 0
     assert "events_per_s" in doc
+    flush = repo["flush_ms"]
+    assert flush["count"] == 2
+    assert 0 < flush["p50"] <= flush["p99"] <= flush["max"] < 10_000
 
     text = trackd("daemon", "status")
     assert text.returncode == 0
     assert f"pid {pid}" in text.stdout
     assert str(repo_path.resolve()) in text.stdout
+    assert "flushes 2: p50 " in text.stdout
     c.close()
 
     stopped = trackd("daemon", "stop")

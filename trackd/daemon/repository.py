@@ -30,7 +30,7 @@ from typing import Any, Final, Protocol
 from trackd.daemon.projector import Projector
 from trackd.daemon.settings import DaemonSettings
 from trackd.daemon.spool import SpoolWatcher
-from trackd.daemon.status import RateMeter
+from trackd.daemon.status import LatencyMeter, RateMeter
 from trackd.daemon.writer import Barrier, Batch, Writer
 from trackd.errors import AccessDeniedError, LockedError, TrackdError
 from trackd.eventlog.events import LoggedEvent
@@ -113,6 +113,7 @@ class Repository:
         self._room = asyncio.Event()
         self._room.set()
         self.rate = RateMeter()
+        self.flush_latency = LatencyMeter()
         self.writer = Writer(
             log_,
             log_thread,
@@ -316,7 +317,14 @@ class Repository:
             applied to the views.
         """
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.writer.submit(Barrier(fut, on_applied=on_applied))
+        t0 = time.perf_counter()
+
+        def applied(offset: int) -> None:
+            self.flush_latency.add(time.perf_counter() - t0)
+            if on_applied is not None:
+                on_applied(offset)
+
+        self.writer.submit(Barrier(fut, on_applied=applied))
         return fut
 
     def _synced(self, events: list[LoggedEvent], nbytes: int, barriers: list[Barrier]) -> None:
@@ -441,6 +449,7 @@ class Repository:
             "spool_files_ingested": self.spool.ingested_files,
             "sync_seconds": round(w.stats.sync_seconds, 3),
             "apply_seconds": round(p.apply_seconds, 3),
+            "flush_ms": self.flush_latency.summary(),
         }
 
 

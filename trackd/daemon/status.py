@@ -1,8 +1,9 @@
 """What ``status`` reports: the rate meter, and the human rendering of the status map.
 
-Owns: :class:`RateMeter` (events per second over a sliding window) and
-:func:`format_status` (the text ``trackd daemon status`` prints). The map itself is built
-by :meth:`trackd.daemon.server.Server.status` from each repository's
+Owns: :class:`RateMeter` (events per second over a sliding window), :class:`LatencyMeter`
+(percentiles of the last flush barriers) and :func:`format_status` (the text
+``trackd daemon status`` prints). The map itself is built by
+:meth:`trackd.daemon.server.Server.status` from each repository's
 :meth:`~trackd.daemon.repository.Repository.status`. Stdlib only.
 
 The status map (a ``status`` request's result)::
@@ -13,11 +14,14 @@ The status map (a ``status`` request's result)::
          "lag_bytes": int, "lag_events": int, "clients": int, "locks": int,
          "pending_bytes": int, "paused": bool, "events_written": int,
          "duplicates_dropped": int, "groups_synced": int, "events_per_s": float,
-         "spool_files_ingested": int, "sync_seconds": float, "apply_seconds": float},
+         "spool_files_ingested": int, "sync_seconds": float, "apply_seconds": float,
+         "flush_ms": {"count": int, "p50": float, "p99": float, "max": float}},
         ...]}
 
 ``sync_seconds`` and ``apply_seconds`` are the wall time spent in append+fdatasync and in
-applying to the views since the repository was opened.
+applying to the views since the repository was opened. ``flush_ms`` describes the last
+(up to 4,096) flush barriers, from the daemon reading the request to sending the reply:
+the daemon's share of what a client's ``flush()`` takes (the figures are 0 before any).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RateMeter", "format_status"]
+__all__ = ["LatencyMeter", "RateMeter", "format_status"]
 
 
 class RateMeter:
@@ -63,6 +67,36 @@ class RateMeter:
     def _trim(self, sec: int) -> None:
         while self._buckets and self._buckets[0][0] <= sec - self.window:
             self._buckets.popleft()
+
+
+class LatencyMeter:
+    """Keeps the last ``size`` durations and reports their percentiles in milliseconds.
+
+    Args:
+        size: How many of the most recent samples count.
+    """
+
+    __slots__ = ("_samples", "count")
+
+    def __init__(self, size: int = 4096) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        """Record one duration."""
+        self._samples.append(seconds)
+        self.count += 1
+
+    def summary(self) -> dict[str, float]:
+        """``count`` (all samples ever) and ``p50``/``p99``/``max`` in ms of the kept ones."""
+        s = sorted(self._samples)
+        if not s:
+            return {"count": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+
+        def ms(q: float) -> float:
+            return round(s[min(len(s) - 1, int(q * len(s)))] * 1e3, 2)
+
+        return {"count": self.count, "p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0)}
 
 
 def _size(n: int) -> str:
@@ -112,4 +146,10 @@ def format_status(status: Mapping[str, Any]) -> str:
             f"    clients {r['clients']}, locks {r['locks']}, events/s {r['events_per_s']:.1f}, "
             f"pending {_size(int(r['pending_bytes']))}{paused}"
         )
+        flush = r.get("flush_ms") or {}
+        if flush.get("count"):
+            lines.append(
+                f"    flushes {flush['count']}: p50 {flush['p50']:.1f} ms, "
+                f"p99 {flush['p99']:.1f} ms, max {flush['max']:.1f} ms (in the daemon)"
+            )
     return "\n".join(lines)
