@@ -143,7 +143,7 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("daemon", "group_commit_max_wait_ms", "float", 0.0, _RUN,
             "extra wait to batch events into one fdatasync (0: events arriving during a "
             "sync form the next group anyway)", minimum=0),
-    Setting("daemon", "max_pending_mb", "int", 64, _RUN,
+    Setting("daemon", "max_pending_mb", "int", 32, _RUN,
             "unsynced bytes accepted before clients are slowed down", minimum=1),
     Setting("daemon", "segment_size_mb", "int", 64, _RESTART,
             "size at which the event log starts a new segment file", minimum=1),

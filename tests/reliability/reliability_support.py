@@ -228,7 +228,9 @@ class Daemon:
         Returns:
             True when the daemon answers on its socket, False when it exited first.
         """
-        cmd = [sys.executable, "-m", "trackd", "daemon", "run", "--log-level", "warning"]
+        # TRACKD_TEST_DAEMON_LOG_LEVEL=info shows, e.g., when reads pause for memory.
+        level = os.environ.get("TRACKD_TEST_DAEMON_LOG_LEVEL", "warning")
+        cmd = [sys.executable, "-m", "trackd", "daemon", "run", "--log-level", level]
         self.trace_path = None
         if strace is not None:
             self.trace_path = self.log_path.with_name(f"strace-{self.starts}.txt")

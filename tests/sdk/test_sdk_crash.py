@@ -312,6 +312,33 @@ def test_stopped_daemon_makes_the_client_spool_then_replay(
     _check_full_run(repo_path, h, n)
 
 
+def test_a_daemon_that_pauses_reading_for_seconds_keeps_its_clients(
+    daemon: DaemonProc, repo_path: Path
+) -> None:
+    """A daemon that reads nothing for 4 s, as when it pauses reads for memory under heavy
+    load, is applying backpressure, not hung: the producer's sends wait, it neither drops
+    the connection nor spools, and every point is stored once."""
+    n = 60_000
+    proc = start_script(STALLED.format(repo=str(repo_path), n=n), env=child_env())
+    h = read_hash(proc)
+    assert proc.stdout is not None
+    assert proc.stdin is not None
+    assert proc.stdout.readline().strip() == "running"
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        time.sleep(4.0)
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    out, err = finish(proc)
+    assert "closed" in out
+    assert "lost the connection" not in err, err
+    assert "spool" not in err, err
+    assert _spool_files(repo_path) == []
+    _check_full_run(repo_path, h, n)
+
+
 def test_flush_times_out_against_a_connected_daemon_that_does_not_answer(
     daemon: DaemonProc, repo_path: Path
 ) -> None:

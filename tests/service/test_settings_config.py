@@ -122,7 +122,7 @@ def test_defaults(base_env: dict[str, str]) -> None:
     assert s.daemon == DaemonSettings(
         socket=default_socket_path(base_env),
         group_commit_max_wait_ms=0.0,
-        max_pending_mb=64,
+        max_pending_mb=32,
         segment_size_mb=64,
         max_frame_mb=64,
         log_level="info",

@@ -37,9 +37,12 @@ class DaemonSettings:
         max_pending_bytes: Estimated memory of one repository's events held by the daemon
             (received but not synced, or synced but not yet applied to the views; see
             :func:`trackd.daemon.writer.memory_cost`) above which the daemon stops reading
-            that repository's connections. Default 64 MiB.
+            that repository's connections. Default 32 MiB: the daemon's peak RSS grows by
+            about twice the budget over its idle size (64 producers on two cores: 213 MB
+            with 32 MiB, 279 MB with 64 MiB), and a larger budget did not raise throughput.
         resume_pending_bytes: Reading resumes once the pending bytes fall below this. None
-            (the default) means half of ``max_pending_bytes``.
+            (the default) means three quarters of ``max_pending_bytes``: pauses stay short
+            (the time to apply a quarter of the budget), so no client waits long for a read.
         segment_size: Size at which the event log starts a new segment file. Default 64 MiB.
         max_frame: Largest frame a client may send, in bytes (announced in Welcome).
             Default :data:`trackd.wire.DEFAULT_MAX_FRAME` (64 MiB).
@@ -54,7 +57,7 @@ class DaemonSettings:
 
     socket: Path | None = None
     group_commit_max_wait: float = 0.0
-    max_pending_bytes: int = 64 << 20
+    max_pending_bytes: int = 32 << 20
     resume_pending_bytes: int | None = None
     segment_size: int = 64 << 20
     max_frame: int = DEFAULT_MAX_FRAME
@@ -115,4 +118,4 @@ class DaemonSettings:
         """Pending bytes below which paused connections resume reading."""
         if self.resume_pending_bytes is not None:
             return self.resume_pending_bytes
-        return self.max_pending_bytes // 2
+        return self.max_pending_bytes * 3 // 4
