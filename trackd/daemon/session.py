@@ -99,6 +99,10 @@ class Session(asyncio.Protocol):
         self._state = _State.AWAIT_HELLO
         self._backlog: list[bytes] = []
         self._paused_for: set[str] = set()
+        # Fairness under memory pressure: after reads resume, every connection is owed one
+        # read before the next pause stops it (see set_backpressure).
+        self._owed_read = False
+        self._pause_after_read = False
         self._acked = 0
         self.peer_pid = 0
         self.peer_uid = -1
@@ -137,6 +141,10 @@ class Session(asyncio.Protocol):
         """Split frames and handle each; a broken stream closes this connection only."""
         if self.closed:
             return
+        self._owed_read = False
+        if self._pause_after_read:
+            self._pause_after_read = False
+            self._pause("pressure")
         try:
             frames = self._decoder.feed(data)
         except ProtocolError as e:
@@ -188,10 +196,23 @@ class Session(asyncio.Protocol):
             self._send(Ack(seq))
 
     def set_backpressure(self, paused: bool) -> None:
-        """Stop or resume reading because the repository's memory budget is full."""
+        """Stop or resume reading because the repository's memory budget is full.
+
+        A connection not read since reads last resumed gets that one read before it
+        pauses: otherwise the connections the event loop happens to serve first after a
+        resume fill the budget again every time, and the others are never read (with 64
+        producers some waited over 10 s). The budget is exceeded by at most one read per
+        connection.
+        """
         if paused:
-            self._pause("pressure")
+            if self._owed_read:
+                self._pause_after_read = True
+            else:
+                self._pause("pressure")
         else:
+            # Owed: it was paused, or was let through and has not read yet.
+            self._owed_read = "pressure" in self._paused_for or self._pause_after_read
+            self._pause_after_read = False
             self._resume("pressure")
 
     def stop_reading(self) -> None:
