@@ -4,10 +4,13 @@ many producers and many auto-starts at once. Nothing acknowledged is lost, nothi
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,13 +290,13 @@ STALLED = """
 """
 
 
-def test_stopped_daemon_makes_the_client_spool_then_replay(
-    daemon: DaemonProc, repo_path: Path
-) -> None:
-    """A daemon that stops reading (SIGSTOP) makes a producer spool after its sends stall;
-    once the daemon continues, the spool is replayed and deleted, every point stored once."""
-    n = 60_000
-    proc = start_script(STALLED.format(repo=str(repo_path), n=n), env=child_env())
+@contextlib.contextmanager
+def _daemon_stopped_mid_run(
+    daemon: DaemonProc, repo: Path, n: int
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start a STALLED producer of ``n`` steps and SIGSTOP the daemon once it runs; the
+    producer goes on tracking during the block, and the daemon continues after it."""
+    proc = start_script(STALLED.format(repo=str(repo), n=n), env=child_env())
     h = read_hash(proc)
     assert proc.stdout is not None
     assert proc.stdin is not None
@@ -302,9 +305,19 @@ def test_stopped_daemon_makes_the_client_spool_then_replay(
     try:
         proc.stdin.write("\n")
         proc.stdin.flush()
-        wait_for(lambda: len(_spool_files(repo_path)) == 1, what="the producer to spool")
+        yield proc, h
     finally:
         os.kill(daemon.pid, signal.SIGCONT)
+
+
+def test_stopped_daemon_makes_the_client_spool_then_replay(
+    daemon: DaemonProc, repo_path: Path
+) -> None:
+    """A daemon that stops reading (SIGSTOP) makes a producer spool after its sends stall;
+    once the daemon continues, the spool is replayed and deleted, every point stored once."""
+    n = 60_000
+    with _daemon_stopped_mid_run(daemon, repo_path, n) as (proc, h):
+        wait_for(lambda: len(_spool_files(repo_path)) == 1, what="the producer to spool")
     out, err = finish(proc)
     assert "closed" in out
     assert "spooling events to" in err
@@ -319,18 +332,8 @@ def test_a_daemon_that_pauses_reading_for_seconds_keeps_its_clients(
     load, is applying backpressure, not hung: the producer's sends wait, it neither drops
     the connection nor spools, and every point is stored once."""
     n = 60_000
-    proc = start_script(STALLED.format(repo=str(repo_path), n=n), env=child_env())
-    h = read_hash(proc)
-    assert proc.stdout is not None
-    assert proc.stdin is not None
-    assert proc.stdout.readline().strip() == "running"
-    os.kill(daemon.pid, signal.SIGSTOP)
-    try:
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+    with _daemon_stopped_mid_run(daemon, repo_path, n) as (proc, h):
         time.sleep(4.0)
-    finally:
-        os.kill(daemon.pid, signal.SIGCONT)
     out, err = finish(proc)
     assert "closed" in out
     assert "lost the connection" not in err, err
