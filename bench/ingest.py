@@ -310,7 +310,8 @@ def main() -> None:
             row: dict[str, float] = {}
             row.update(bench_track(d, repo, args.calls))
             row.update(bench_single(d, repo, args.steps))
-            row.update(bench_multi(d, repo, args.procs, args.proc_steps))
+            # A repository of its own, so that its flush_ms holds only this load's flushes.
+            row.update(bench_multi(d, root / f"multi{r}", args.procs, args.proc_steps))
             rows.append(row)
             print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
         rss = d.peak_rss_mb()
