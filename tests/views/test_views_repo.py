@@ -15,7 +15,13 @@ import pytest
 from views_helpers import CID, OTHER_CID, appended, dump
 
 from trackd.errors import LogError, NotFoundError, ViewsCorruptedError, ViewsError
-from trackd.eventlog.events import ContainerCreated, Event, ParamsSet, encode_event
+from trackd.eventlog.events import (
+    ContainerCreated,
+    Event,
+    ParamsSet,
+    PropertiesSet,
+    encode_event,
+)
 from trackd.eventlog.log import EventLog, Record
 from trackd.eventlog.record import RECORD_HEADER_SIZE
 from trackd.views import (
@@ -27,7 +33,9 @@ from trackd.views import (
     projection,
     rebuild,
 )
+from trackd.views._points import row_crc
 from trackd.views._schema import LATEST_VERSION
+from trackd.views.sqlite import _ROW_CHECKED
 
 
 class Writer:
@@ -305,11 +313,15 @@ def test_a_chunk_failing_its_checksum_is_rebuilt_at_open(
 def test_a_sequence_summary_disagreeing_with_its_chunks_is_rebuilt(
     dot: Path, log: EventLog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A damaged count in the sequences table (its chunks intact) makes open_views rebuild."""
+    """A sequence row whose count disagrees with its chunks makes open_views rebuild, even
+    when the row's own checksum holds (as a projection bug, not damage, would leave it)."""
     Writer(log).write(*run_events(40))
     open_views(dot, log).close()
     conn = sqlite3.connect(dot / "views.db")
     conn.execute("UPDATE sequences SET count = count + 1")
+    cols = _ROW_CHECKED["sequences"][1]
+    for row in conn.execute(f"SELECT {cols} FROM sequences").fetchall():
+        conn.execute("UPDATE sequences SET crc = ? WHERE id = ?", (row_crc(row), row[0]))
     conn.commit()
     conn.close()
     with caplog.at_level(logging.WARNING, logger="trackd.views.repo"):
@@ -321,6 +333,43 @@ def test_a_sequence_summary_disagreeing_with_its_chunks_is_rebuilt(
     finally:
         v.close()
     assert "claims 41 points" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("table", "change"),
+    [
+        ("containers", "UPDATE containers SET params = replace(params, '0.125', '0.126')"),
+        ("containers", "UPDATE containers SET name = 'evil'"),
+        ("sequences", "UPDATE sequences SET last_value = 7.0"),
+        # A raised mark would make the daemon drop the client's next events as duplicates.
+        ("client_marks", "UPDATE client_marks SET seq = seq + 1000"),
+    ],
+)
+def test_a_row_failing_its_checksum_is_rebuilt_at_open(
+    dot: Path, log: EventLog, caplog: pytest.LogCaptureFixture, table: str, change: str
+) -> None:
+    """A container or sequence row changed behind the views' back (as a flipped bit would,
+    where SQLite's quick_check sees nothing) makes open_views rebuild it from the log."""
+    Writer(log).write(
+        *run_events(5),
+        ParamsSet(container="c1", path=("lr",), value=0.125),
+        PropertiesSet(container="c1", props={"name": "good"}),
+    )
+    v = open_views(dot, log)
+    expected = dump(v, v)
+    v.close()
+    conn = sqlite3.connect(dot / "views.db")
+    assert conn.execute(change).rowcount == 1
+    conn.commit()
+    assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="trackd.views.repo"):
+        v = open_views(dot, log)
+    try:
+        assert dump(v, v) == expected
+    finally:
+        v.close()
+    assert f"of {table} fails its checksum" in caplog.text
 
 
 def test_views_of_schema_1_are_rebuilt_with_checksums(dot: Path, log: EventLog) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "join_dtype",
     "last_wins",
     "pack_value",
+    "row_crc",
     "split",
     "unpack_value",
     "values_array",
@@ -306,6 +307,12 @@ def chunk_crc(
         if b:
             crc = crc32c(b, crc)
     return int(crc)
+
+
+def row_crc(values: Sequence[Any]) -> int:
+    """The CRC32C of a row's column values as SQLite returns them (str, int, float, bytes
+    or None), for the rows of ``containers`` and ``sequences``."""
+    return int(crc32c(msgpack.packb(list(values), use_bin_type=True)))
 
 
 def _packed(a: npt.NDArray[Any]) -> memoryview:

@@ -20,7 +20,11 @@ Tables (version 1)::
 Version 2 gives every chunk a ``crc`` (CRC32C of the row, see ``_points.chunk_crc``), checked
 on every read and by a scan when the views are opened. Files of version 1 are rebuilt: their
 chunks were never checksummed, so a checksum computed now would vouch for whatever damage
-they already hold.
+they already hold. Version 3 does the same for the rows of ``containers``, ``sequences`` and
+``client_marks`` (``_points.row_crc`` over their other columns; a damaged mark would make
+the daemon drop a client's new events as duplicates), checked by the scan at open; again
+files of older versions are rebuilt. The checkpoint row has no crc: a damaged one fails the
+check that it ends a record of the log, and the views are rebuilt then.
 """
 
 from __future__ import annotations
@@ -124,7 +128,18 @@ CREATE TABLE sequence_chunks (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, _V1), Migration(2, _V2, rebuild=True))
+# Only ever runs on a new, empty file (it is marked rebuild): every row is stamped as written.
+_V3 = """
+ALTER TABLE containers ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sequences ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE client_marks ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, _V1),
+    Migration(2, _V2, rebuild=True),
+    Migration(3, _V3, rebuild=True),
+)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -116,8 +116,9 @@ def _checked(rows: Sequence[ChunkRow], path: Path) -> list[pts.ChunkData]:
 
 
 def scan_chunks(conn: sqlite3.Connection, path: Path) -> str:
-    """Check every chunk against its checksum and every sequence's summary against its
-    chunks; the first problem found, or "" when the views hold together.
+    """Check every chunk, container and sequence row against its checksum and every
+    sequence's summary against its chunks; the first problem found, or "" when the views
+    hold together.
 
     Reads the whole table once (the cost of reading every point, a fraction of a rebuild).
     """
@@ -127,6 +128,13 @@ def scan_chunks(conn: sqlite3.Connection, path: Path) -> str:
             _checked(rows, path)
         except ViewsCorruptedError as e:
             return str(e)
+    for table, (_key, cols) in _ROW_CHECKED.items():
+        for r in conn.execute(f"SELECT {cols}, crc FROM {table}"):
+            if pts.row_crc(r[:-1]) != r[-1]:
+                return (
+                    f"views at {path} are damaged: the row {r[0]!r} of {table} fails its "
+                    "checksum"
+                )
     bad = conn.execute(
         "SELECT s.id, s.count, s.chunk_count, total, chunks FROM sequences AS s LEFT JOIN "
         "(SELECT sequence_id, sum(n) AS total, count(*) AS chunks, min(first_step) AS lo, "
@@ -258,6 +266,8 @@ class _Apply:
         self.exists: dict[str, bool] = {}
         self.seqs: dict[tuple[str, str, str], _Seq] = {}
         self.marks: dict[bytes, int] = {}
+        # Rows written by this transaction, whose crc finish() stamps: table -> keys.
+        self.dirty: dict[str, set[Any]] = {t: set() for t in _ROW_CHECKED}
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -282,6 +292,7 @@ class _Apply:
 
     def container_created(self, ev: ContainerCreated) -> None:
         h = ev.container
+        self.dirty["containers"].add(h)
         if self.container_exists(h):
             self.conn.execute(
                 "UPDATE containers SET state = 'active', ended_at = NULL WHERE hash = ?", (h,)
@@ -304,6 +315,7 @@ class _Apply:
         self.conn.execute(
             "UPDATE containers SET params = ? WHERE hash = ?", (dump_json(params), ev.container)
         )
+        self.dirty["containers"].add(ev.container)
 
     def properties_set(self, ev: PropertiesSet) -> None:
         if not self.container_exists(ev.container):
@@ -316,6 +328,7 @@ class _Apply:
         self.conn.execute(
             f"UPDATE containers SET {sets} WHERE hash = ?", (*props.values(), ev.container)
         )
+        self.dirty["containers"].add(ev.container)
 
     def container_finished(self, ev: ContainerFinished) -> None:
         if not self.container_exists(ev.container):
@@ -324,6 +337,7 @@ class _Apply:
             "UPDATE containers SET state = 'finished', ended_at = ? WHERE hash = ?",
             (coerce_time(ev.ended_at), ev.container),
         )
+        self.dirty["containers"].add(ev.container)
 
     def container_deleted(self, ev: ContainerDeleted) -> None:
         h = ev.container
@@ -373,6 +387,7 @@ class _Apply:
             (*key, dtype),
         )
         assert cur.lastrowid is not None
+        self.dirty["sequences"].add(cur.lastrowid)
         return _Seq(cur.lastrowid, key[0], dtype, None, None, 0, 0, None)
 
     def finish(self) -> None:
@@ -384,11 +399,14 @@ class _Apply:
                 "ON CONFLICT (client_id) DO UPDATE SET seq = max(seq, excluded.seq)",
                 list(self.marks.items()),
             )
+            self.dirty["client_marks"].update(self.marks)
+        self.stamp()
 
     def flush(self, seq: _Seq) -> None:
         """Write a sequence's buffered batches: promote its dtype, then merge the points."""
         if not seq.pending:
             return
+        self.dirty["sequences"].add(seq.id)
         pending, seq.pending, seq.pending_points = seq.pending, [], 0
         # Fold the dtype over the batches in order; remember the numeric dtype the sequence
         # had when it turned into objects, so numbers convert as a step-by-step fold would.
@@ -426,6 +444,23 @@ class _Apply:
                 seq.id,
             ),
         )
+
+    def stamp(self) -> None:
+        """Write the crc of every row this transaction wrote (deleted ones are skipped)."""
+        for table, keys in self.dirty.items():
+            key, cols = _ROW_CHECKED[table]
+            todo = sorted(keys)
+            keys.clear()
+            for i in range(0, len(todo), 500):
+                part = todo[i : i + 500]
+                rows = self.conn.execute(
+                    f"SELECT {cols} FROM {table} WHERE {key} IN ({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                self.conn.executemany(
+                    f"UPDATE {table} SET crc = ? WHERE {key} = ?",
+                    [(pts.row_crc(r), r[0]) for r in rows],
+                )
 
     def convert_stored(self, seq: _Seq, final: str, via: str | None) -> None:
         """Rewrite the values of every stored chunk of ``seq`` in dtype ``final``."""
@@ -558,6 +593,16 @@ _SEQ_COLUMNS = "id, container, name, context, value_dtype, first_step, last_step
 _CONTAINER_COLUMNS = (
     "hash, type, name, experiment, description, archived, tags, created_at, ended_at, state, params"
 )
+# Per table: the key column and the columns a row's ``crc`` covers (all but the crc).
+_ROW_CHECKED = {
+    "containers": ("hash", _CONTAINER_COLUMNS),
+    "sequences": (
+        "id",
+        "id, container, name, context, value_dtype, first_step, last_step, count, "
+        "chunk_count, last_value",
+    ),
+    "client_marks": ("client_id", "client_id, seq"),
+}
 
 
 def _container_row(r: tuple[Any, ...]) -> ContainerRow:
