@@ -132,8 +132,7 @@ def scan_chunks(conn: sqlite3.Connection, path: Path) -> str:
         for r in conn.execute(f"SELECT {cols}, crc FROM {table}"):
             if pts.row_crc(r[:-1]) != r[-1]:
                 return (
-                    f"views at {path} are damaged: the row {r[0]!r} of {table} fails its "
-                    "checksum"
+                    f"views at {path} are damaged: the row {r[0]!r} of {table} fails its checksum"
                 )
     bad = conn.execute(
         "SELECT s.id, s.count, s.chunk_count, total, chunks FROM sequences AS s LEFT JOIN "
