@@ -149,6 +149,9 @@ SCHEMA: tuple[Setting, ...] = (
             "size at which the event log starts a new segment file", minimum=1),
     Setting("daemon", "max_frame_mb", "int", 64, _RESTART,
             "largest wire frame accepted (negotiated at handshake)", minimum=1),
+    Setting("daemon", "idle_close_s", "float", 300.0, _RUN,
+            "close a repository no client has used for this long, freeing its memory; the "
+            "next client reopens it (0: never)", minimum=0),
     Setting("daemon", "log_level", "choice", "info", _RUN,
             "daemon log verbosity", choices=("debug", "info", "warning", "error")),
     Setting("daemon", "log_format", "choice", "auto", _RUN,
@@ -187,6 +190,7 @@ class DaemonSettings:
     max_pending_mb: int
     segment_size_mb: int
     max_frame_mb: int
+    idle_close_s: float
     log_level: LogLevel
     log_format: LogFormat
 

@@ -106,6 +106,8 @@ class Repository:
         self._views_thread = views_thread
         self._on_fatal = on_fatal
         self.opened_at = time.monotonic()
+        #: When a client last attached, detached or was handed this repository.
+        self.used_at = self.opened_at
         self.members: set[Member] = set()
         self._locks: dict[str, _LockHolder] = {}
         self.pending_bytes = 0
@@ -368,12 +370,14 @@ class Repository:
     def attach(self, member: Member) -> None:
         """A connection said Hello for this repository."""
         self.members.add(member)
+        self.used_at = time.monotonic()
         if self.paused:
             member.set_backpressure(True)
 
     def detach(self, member: Member) -> None:
         """A connection closed: forget it and release every lock it held."""
         self.members.discard(member)
+        self.used_at = time.monotonic()
         freed = [c for c, h in self._locks.items() if h.member is member]
         for c in freed:
             del self._locks[c]
@@ -414,6 +418,19 @@ class Repository:
             return False
         del self._locks[container]
         return True
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since a client last used this repository, when none is attached and
+        nothing is left to write or apply; 0 while it is in use or busy."""
+        if (
+            self.members
+            or self.pending_bytes
+            or self.writer.queued
+            or self.projector.queued_events
+            or self.writer.synced_offset != self.projector.applied_offset
+        ):
+            return 0.0
+        return max(0.0, now - self.used_at)
 
     # -- status ----------------------------------------------------------------------------
 

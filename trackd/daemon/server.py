@@ -133,6 +133,8 @@ class Server:
         self.exit_code = 0
         self._fatal: BaseException | None = None
         self._repos: dict[str, asyncio.Task[Repository]] = {}
+        #: Repositories being closed for idleness, by key, until their drain ends.
+        self._closing: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._no_sessions = asyncio.Event()
         self._started = time.monotonic()
@@ -153,7 +155,10 @@ class Server:
         server = await loop.create_unix_server(lambda: Session(self), sock=sock)
         log.info("trackd daemon %s (pid %d) serving %s", self._version, os.getpid(), self.path)
         _notify_ready(f"serving {self.path}")
-        chores = [loop.create_task(self._report_status(), name="sd status")]
+        chores = [
+            loop.create_task(self._report_status(), name="sd status"),
+            loop.create_task(self._close_idle(), name="close idle repositories"),
+        ]
         interval = _notifier.watchdog_interval() if _notifier is not None else None
         if interval:
             chores.append(loop.create_task(self._watchdog(interval / 2), name="sd watchdog"))
@@ -304,6 +309,9 @@ class Server:
             TrackdError: the repository cannot be opened (the next Hello retries).
         """
         key = str(root)
+        closing = self._closing.get(key)
+        if closing is not None:  # closed for idleness just now: let it finish, then reopen
+            await asyncio.shield(closing)
         task = self._repos.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(
@@ -311,7 +319,10 @@ class Server:
             )
             self._repos[key] = task
             task.add_done_callback(lambda t: self._opened(key, t))
-        return await asyncio.shield(task)
+        repo = await asyncio.shield(task)
+        # Handed to a session that attaches in a callback: not idle meanwhile.
+        repo.used_at = time.monotonic()
+        return repo
 
     def _opened(self, key: str, task: asyncio.Task[Repository]) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -343,7 +354,34 @@ class Server:
             "repositories": repos,
         }
 
+    async def _close_idle(self) -> None:
+        """Close repositories idle for ``idle_close`` seconds (see :class:`DaemonSettings`)."""
+        while True:
+            limit = self.settings.idle_close  # SIGHUP may change it
+            await asyncio.sleep(min(5.0, limit / 4) if limit > 0 else 5.0)
+            if limit <= 0 or self.stopping:
+                continue
+            now = time.monotonic()
+            for repo in self._open_repositories():
+                key = str(repo.layout.root)
+                if repo.idle_for(now) >= limit and self._repos.get(key) is not None:
+                    del self._repos[key]
+                    task = asyncio.get_running_loop().create_task(
+                        self._retire(key, repo), name=f"close {key}"
+                    )
+                    self._closing[key] = task
+
+    async def _retire(self, key: str, repo: Repository) -> None:
+        log.info("closing repository %s: no client for %.0fs", key, self.settings.idle_close)
+        try:
+            await repo.drain()
+        finally:
+            del self._closing[key]
+            _notify_status(f"serving {len(self._repos)} repositories")
+
     async def _drain(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing.values(), return_exceptions=True)
         for s in list(self.sessions):
             s.stop_reading()
         pending = [t for t in self._repos.values() if not t.done()]
@@ -366,6 +404,8 @@ class Server:
             s.abort()
 
     async def _abort(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing.values(), return_exceptions=True)
         for s in list(self.sessions):
             s.abort()
         for t in self._repos.values():
