@@ -20,6 +20,7 @@ from sdk_support import (
     child_env,
     expected_value,
     finish,
+    log_points,
     producer_code,
     read_hash,
     start_script,
@@ -127,6 +128,17 @@ def test_killed_producer_leaves_a_prefix_including_its_flushes(
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
 
+    # The daemon may still be applying what the producer sent just before it died: wait
+    # until the views hold every point the log holds (nobody flushes for a dead client).
+    def views_caught_up() -> bool:
+        seqs = trackd.Repo(repo_path).get_container(h).sequences
+        logged = log_points(repo_path)
+        return all(
+            len(list(seqs[(name, {"k": k})].items())) == len(logged[(h, name, _ctx(k))])
+            for k, name in enumerate(NAMES)
+        )
+
+    wait_for(views_caught_up, what="the views to apply everything the log holds")
     c = trackd.Repo(repo_path).get_container(h)
     lengths = []
     for k, name in enumerate(NAMES):
