@@ -354,6 +354,33 @@ def test_a_daemon_that_pauses_reading_for_seconds_keeps_its_clients(
     _check_full_run(repo_path, h, n)
 
 
+def _thread_cpu_seconds(native_id: int) -> float:
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_client_whose_daemon_stopped_does_not_spin(
+    daemon: DaemonProc, repo_path: Path
+) -> None:
+    """A client with nothing to send that loses its daemon waits quietly: it neither
+    reconnects (nothing wants a connection) nor busy-loops. Its flusher once spun at 100%
+    of a core, because the reconnect time it waited for had already passed."""
+    run = trackd.Run(repo=repo_path)
+    run.track(1.0, "m")
+    run.close()
+    client = get_client(run.repo.path)
+    assert client._thread is not None
+    tid = client._thread.native_id
+    assert tid is not None
+    assert daemon.stop() == 0
+    wait_for(lambda: client.mode != "live", what="the client to notice the daemon is gone")
+    before = _thread_cpu_seconds(tid)
+    time.sleep(1.0)
+    assert _thread_cpu_seconds(tid) - before < 0.2
+    assert not daemon.socket.exists()  # and it did not start a daemon of its own
+
+
 def test_flush_times_out_against_a_connected_daemon_that_does_not_answer(
     daemon: DaemonProc, repo_path: Path
 ) -> None:

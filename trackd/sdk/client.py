@@ -452,7 +452,13 @@ class Client:
         while True:
             now = time.monotonic()
             wait = max(0.0, self._last_drain + self._interval - now)
-            if self.mode in (CONNECTING, SPOOL) and not self._attempt_running:
+            if (
+                self.mode in (CONNECTING, SPOOL)
+                and not self._attempt_running
+                and self._wants_connection()
+            ):
+                # Wake for the next attempt; an idle client makes none, and waiting for a
+                # time already past would spin.
                 wait = min(wait, max(0.0, self._next_attempt - now))
             self._wake.wait(wait)
             self._wake.clear()
