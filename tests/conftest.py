@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 
 from trackd.sdk._connect import socket_answers
+from trackd.sdk.client import shutdown_clients
 from trackd.wire.sockfiles import pid_alive
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients() -> Iterator[None]:
+    """Each test starts without SDK clients and leaves none running behind it, so that no
+    client of an earlier test reconnects to (or auto-starts) a daemon of a later one."""
+    shutdown_clients()
+    yield
+    shutdown_clients()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

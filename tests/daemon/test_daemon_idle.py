@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +18,6 @@ if TYPE_CHECKING:
     from conftest import DaemonProc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def _no_clients_left() -> Iterator[None]:
-    """Stop this process's SDK clients after each test, so none outlives its daemon."""
-    yield
-    shutdown_clients()
 
 
 def _status(env: dict[str, str]) -> dict[str, Any]:
