@@ -35,7 +35,7 @@ from trackd.eventlog.events import (
 )
 from trackd.eventlog.log import EventLog
 from trackd.views import SQLiteReader, SQLiteViews, open_views, rebuild
-from trackd.views.sqlite import scan_chunks
+from trackd.views.sqlite import scan_views
 
 BATCH = 10_000
 CID = b"\x07" * 16
@@ -177,8 +177,8 @@ def bench_read(root: Path, repeats: int) -> list[tuple[str, float, str]]:
         out.append((f"read {label} ({nchunks} chunks)", t * 1e3, "ms"))
         if size == 10_000:
             conn = sqlite3.connect(path)
-            t_scan = median_time(partial(scan_chunks, conn, path), repeats)
-            assert scan_chunks(conn, path) == ""
+            t_scan = median_time(partial(scan_views, conn, path), repeats)
+            assert scan_views(conn, path) == ""
             conn.close()
             out.append(("  checksum scan of those chunks (open_views)", t_scan * 1e3, "ms"))
         out.append(

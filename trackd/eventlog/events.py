@@ -43,6 +43,7 @@ __all__ = [
     "decode_event",
     "encode_event",
     "event_types",
+    "is_text",
     "register_event_type",
     "register_upcaster",
 ]
@@ -52,6 +53,17 @@ STEP_DTYPE = np.dtype("<i8")
 TIME_DTYPE = np.dtype("<f8")
 NUMERIC_VALUE_DTYPES = frozenset({"<f8", "<i8", "<f4", "|b1"})
 OBJECT_VALUE_DTYPE = "msgpack"
+
+
+def is_text(text: str) -> bool:
+    """True when ``text`` can travel and be stored as a name: it encodes as UTF-8, so it
+    holds no lone surrogate (``"\\ud800"``, or what ``os.fsdecode`` makes of bytes that are
+    not UTF-8). msgpack and SQLite both refuse such a str."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

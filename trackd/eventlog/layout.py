@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trackd.errors import AccessDeniedError, InvalidNameError
+from trackd.eventlog.events import is_text
 
 __all__ = ["DOT_DIR", "RepoLayout"]
 
@@ -47,13 +48,11 @@ class RepoLayout:
         text = os.fspath(path)
         if not text or "\0" in str(text):
             raise InvalidNameError(f"repository path {text!r} is empty or contains NUL")
-        try:
-            str(text).encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_text(str(text)):
             raise InvalidNameError(
                 f"repository path {text!r} is not valid UTF-8 (a folder name holds other "
                 "bytes); trackd names repositories to its daemon in UTF-8: rename the folder"
-            ) from None
+            )
         p = Path(os.path.abspath(os.path.expanduser(text)))
         if p.name == DOT_DIR:
             p = p.parent

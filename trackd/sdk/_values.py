@@ -16,6 +16,7 @@ import struct
 from typing import Any
 
 from trackd.errors import InvalidNameError, InvalidValueError
+from trackd.eventlog.events import is_text
 
 __all__ = [
     "AUTO_STEP",
@@ -57,16 +58,6 @@ _TEXT_TYPES = frozenset({str, type(None)})
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def is_text(text: str) -> bool:
-    """True when ``text`` can be stored: it encodes as UTF-8, so it holds no lone surrogate
-    (``"\\ud800"``, or what ``os.fsdecode`` makes of bytes that are not UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 _NOT_TEXT = "which is not valid Unicode text (a lone surrogate cannot be encoded as UTF-8)"

@@ -28,7 +28,7 @@ from trackd.views.sqlite import (
     SQLiteViews,
     connect_writer,
     remove_sidecars,
-    scan_chunks,
+    scan_views,
 )
 
 __all__ = ["REBUILD_SUFFIX", "VIEWS_FILE", "open_reader", "open_views", "rebuild"]
@@ -139,7 +139,7 @@ def _open_existing(
         if check != ["ok"]:
             conn.close()
             return None, f"quick_check failed: {'; '.join(map(str, check[:3]))}"
-        short = _truncated(conn, path) or scan_chunks(conn, path)
+        short = _truncated(conn, path) or scan_views(conn, path)
         if short:
             conn.close()
             return None, short

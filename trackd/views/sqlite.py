@@ -33,6 +33,7 @@ from trackd.eventlog.events import (
     ParamsSet,
     PropertiesSet,
     SequenceAppended,
+    is_text,
 )
 from trackd.views import _points as pts
 from trackd.views._canon import (
@@ -51,7 +52,7 @@ __all__ = [
     "SQLiteReader",
     "SQLiteViews",
     "WalCheckpointer",
-    "scan_chunks",
+    "scan_views",
 ]
 
 # SQLite keeps a 64-bit signed integer; msgpack allows client_seq up to 2**64 - 1.
@@ -115,7 +116,7 @@ def _checked(rows: Sequence[ChunkRow], path: Path) -> list[pts.ChunkData]:
     return out
 
 
-def scan_chunks(conn: sqlite3.Connection, path: Path) -> str:
+def scan_views(conn: sqlite3.Connection, path: Path) -> str:
     """Check every chunk, container and sequence row against its checksum and every
     sequence's summary against its chunks; the first problem found, or "" when the views
     hold together.
@@ -153,12 +154,7 @@ def scan_chunks(conn: sqlite3.Connection, path: Path) -> str:
 def _storable(*keys: str) -> bool:
     """False when a lookup key cannot be bound as UTF-8 text (a lone surrogate): nothing with
     such a name was ever stored, so the lookup finds nothing instead of raising."""
-    try:
-        for k in keys:
-            k.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return all(map(is_text, keys))
 
 
 def _views_error(action: str, path: Path, e: sqlite3.Error) -> ViewsError:
