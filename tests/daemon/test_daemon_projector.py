@@ -86,7 +86,7 @@ def test_barrier_is_answered_before_events_queued_behind_it_are_applied() -> Non
         p.submit([_plain(0)], 0, [])
         await loop.run_in_executor(None, views.entered.wait, 10)  # the first apply runs
         first: asyncio.Future[int] = loop.create_future()
-        p.submit([_plain(1), _plain(2)], 0, [Barrier(first, offset=3)])
+        p.submit([_plain(1), _plain(2)], 0, [(2, Barrier(first, offset=3))])
         p.submit([_plain(3), _plain(4)], 0, [])
         views.gate.set()
         assert await asyncio.wait_for(first, 10) == 3
@@ -98,13 +98,31 @@ def test_barrier_is_answered_before_events_queued_behind_it_are_applied() -> Non
     assert views.calls == [[0], [1, 2], [3, 4]]
 
 
+def test_barrier_inside_a_group_waits_only_for_the_events_before_it() -> None:
+    """A group synced together holds events queued after the flush: they are not applied
+    before it is answered."""
+    views = FakeViews()
+
+    async def scenario(p: Projector) -> None:
+        loop = asyncio.get_running_loop()
+        views.hold = 1  # the transaction behind the barrier does not finish meanwhile
+        fut: asyncio.Future[int] = loop.create_future()
+        p.submit([_plain(0), _plain(1), _plain(2)], 0, [(1, Barrier(fut, offset=3))])
+        assert await asyncio.wait_for(fut, 10) == 3
+        assert views.calls == [[0]]
+        views.released.set()
+
+    asyncio.run(_run(scenario, views))
+    assert views.calls == [[0], [1, 2]]
+
+
 def test_barrier_with_nothing_before_it_is_answered_at_once() -> None:
     """A flush on an idle repository needs no transaction."""
     views = FakeViews()
 
     async def scenario(p: Projector) -> None:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        p.submit([], 0, [Barrier(fut, offset=0)])
+        p.submit([], 0, [(0, Barrier(fut, offset=0))])
         assert await asyncio.wait_for(fut, 10) == 0
 
     asyncio.run(_run(scenario, views))
@@ -141,7 +159,7 @@ def test_failed_apply_fails_waiting_barriers() -> None:
 
     async def scenario(p: Projector) -> None:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        p.submit([_plain(0)], 0, [Barrier(fut, offset=1)])
+        p.submit([_plain(0)], 0, [(1, Barrier(fut, offset=1))])
         with pytest.raises(RuntimeError, match="disk on fire"):
             await asyncio.wait_for(fut, 10)
         errors.append(p.failed or RuntimeError("no failure recorded"))
@@ -169,7 +187,7 @@ def test_events_nobody_waits_for_are_gathered_but_a_flush_is_not_delayed(
         await asyncio.sleep(0.05)
         fut: asyncio.Future[int] = loop.create_future()
         t0 = loop.time()
-        p.submit([_plain(3)], 0, [Barrier(fut, offset=4)])
+        p.submit([_plain(3)], 0, [(1, Barrier(fut, offset=4))])
         await asyncio.wait_for(fut, 10)
         waited.append(loop.time() - t0)
 

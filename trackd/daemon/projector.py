@@ -43,7 +43,7 @@ MAX_APPLY_POINTS: Final = 65_536
 #: the log within 25 ms and a flush never waits for it.
 APPLY_INTERVAL: Final = 0.025
 
-_Item = tuple[list[LoggedEvent], int, list[Barrier]] | _Stop
+_Item = tuple[list[LoggedEvent], int, list[tuple[int, Barrier]]] | _Stop
 
 
 class Projector:
@@ -80,10 +80,19 @@ class Projector:
         self.apply_seconds = 0.0
         self.failed: BaseException | None = None
 
-    def submit(self, events: list[LoggedEvent], nbytes: int, barriers: list[Barrier]) -> None:
-        """Queue durable events (and the flush barriers that follow them) for the views."""
+    def submit(
+        self, events: list[LoggedEvent], nbytes: int, barriers: list[tuple[int, Barrier]]
+    ) -> None:
+        """Queue durable events for the views, with the flush barriers among them.
+
+        Args:
+            events: Durable events, in log order.
+            nbytes: Pending bytes they hold (released once they are applied).
+            barriers: Each barrier with the number of ``events`` queued before it: it is
+                answered once those (and everything submitted earlier) are applied.
+        """
         if self.failed is not None:
-            for b in barriers:
+            for _n, b in barriers:
                 if not b.future.done():
                     b.future.set_exception(self.failed)
             return
@@ -118,12 +127,12 @@ class Projector:
                 stop = True
                 return
             events, nbytes, barriers = item
+            waits.extend((submitted + before, b) for before, b in barriers)
             pending.extend(events)
             pending_points += sum(getattr(le.event, "count", 0) for le in events)
             submitted += len(events)
             if nbytes:
                 releases.append((submitted, nbytes))
-            waits.extend((submitted, b) for b in barriers)
 
         while True:
             if not pending and not stop:
@@ -208,6 +217,6 @@ class Projector:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if not isinstance(item, _Stop):
-                for b in item[2]:
+                for _n, b in item[2]:
                     if not b.future.done():
                         b.future.set_exception(exc)

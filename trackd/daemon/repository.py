@@ -329,7 +329,9 @@ class Repository:
         self.writer.submit(Barrier(fut, on_applied=applied))
         return fut
 
-    def _synced(self, events: list[LoggedEvent], nbytes: int, barriers: list[Barrier]) -> None:
+    def _synced(
+        self, events: list[LoggedEvent], nbytes: int, barriers: list[tuple[int, Barrier]]
+    ) -> None:
         if events:
             self.rate.add(len(events))
         self.projector.submit(events, nbytes, barriers)

@@ -120,7 +120,8 @@ class Writer:
         marks: Highest durable client_seq per client id; updated after each sync.
         max_wait: Seconds to wait for more events after the first of a group.
         on_synced: Called on the loop after each sync with the logged events, their
-            pending bytes, and the barriers that followed them (the projector's input).
+            pending bytes, and the group's barriers, each with the number of those events
+            queued before it (the projector's input).
         on_dropped: Called with bytes of duplicates that never go to the projector.
         on_fatal: Called once when the log fails; the writer stops afterwards.
     """
@@ -132,7 +133,7 @@ class Writer:
         marks: dict[bytes, int],
         *,
         max_wait: float,
-        on_synced: Callable[[list[LoggedEvent], int, list[Barrier]], None],
+        on_synced: Callable[[list[LoggedEvent], int, list[tuple[int, Barrier]]], None],
         on_dropped: Callable[[int], None],
         on_fatal: Callable[[BaseException], None],
     ) -> None:
@@ -212,10 +213,13 @@ class Writer:
         acks: dict[AckSink, int] = {}
         group_marks: dict[bytes, int] = {}
         batches: list[Batch] = []
-        barriers: list[Barrier] = []
+        # A barrier waits for the events queued before it, not for those that arrived
+        # behind it while the previous group synced (another producer's batch of thousands
+        # of points would otherwise be applied before the flush is answered).
+        barriers: list[tuple[int, Barrier]] = []
         for item in items:
             if isinstance(item, Barrier):
-                barriers.append(item)
+                barriers.append((len(events), item))
                 continue
             batches.append(item)
             share = item.nbytes // max(1, len(item.events))
@@ -269,7 +273,7 @@ class Writer:
         for batch in batches:
             if batch.done is not None and not batch.done.done():
                 batch.done.set_result(self.synced_offset)
-        for barrier in barriers:
+        for _before, barrier in barriers:
             barrier.offset = self.synced_offset
         if dup_bytes:
             self._on_dropped(dup_bytes)

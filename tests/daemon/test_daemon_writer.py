@@ -1,0 +1,66 @@
+"""The writer on a real event log: group commit, dedupe, and where flush barriers fall in a
+group (the projector's input)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from trackd.daemon.writer import Barrier, Batch, Writer, memory_cost
+from trackd.eventlog.events import ContainerCreated, LoggedEvent, encode_event
+from trackd.eventlog.log import EventLog
+
+Synced = tuple[list[LoggedEvent], int, list[tuple[int, Barrier]]]
+
+
+def _batch(client: bytes, seqs: range) -> Batch:
+    events = [ContainerCreated(container=f"c{s}", client_id=client, client_seq=s) for s in seqs]
+    payloads = [encode_event(e) for e in events]
+    return Batch(list(events), payloads, sum(memory_cost(p) for p in payloads))
+
+
+async def _one_group(tmp_path: Path, items: list[Batch | Barrier]) -> list[Synced]:
+    """Queue ``items`` before the writer starts, so that they form one group."""
+    synced: list[Synced] = []
+    with EventLog.open(tmp_path / "log") as elog, ThreadPoolExecutor(1) as pool:
+        w = Writer(
+            elog,
+            pool,
+            {},
+            max_wait=0.0,
+            on_synced=lambda ev, nb, bs: synced.append((ev, nb, bs)),
+            on_dropped=lambda nb: None,
+            on_fatal=lambda e: None,
+        )
+        for item in items:
+            w.submit(item)
+        w.stop()
+        await asyncio.wait_for(w.run(), 10)
+        assert elog.synced_offset == elog.end_offset
+    return synced
+
+
+def test_barrier_in_a_group_counts_only_the_events_queued_before_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[int] = loop.create_future()
+        second: asyncio.Future[int] = loop.create_future()
+        synced = await _one_group(
+            tmp_path,
+            [
+                _batch(b"a" * 16, range(1, 3)),
+                Barrier(first),
+                _batch(b"b" * 16, range(1, 4)),
+                _batch(b"a" * 16, range(1, 3)),  # duplicates: never logged, never counted
+                Barrier(second),
+            ],
+        )
+        assert len(synced) == 1
+        events, _nbytes, barriers = synced[0]
+        assert [le.event.client_seq for le in events] == [1, 2, 1, 2, 3]
+        assert [(n, b.future) for n, b in barriers] == [(2, first), (5, second)]
+        # Each barrier carries the durable end of the group.
+        assert {b.offset for _n, b in barriers} == {events[-1].end}
+
+    asyncio.run(scenario())
