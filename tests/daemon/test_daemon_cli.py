@@ -57,12 +57,20 @@ def test_start_status_stop(socket_env: Path, repo_path: Path) -> None:
     flush = repo["flush_ms"]
     assert flush["count"] == 2
     assert 0 < flush["p50"] <= flush["p99"] <= flush["max"] < 10_000
+    # Each flush splits into until durable + until applied: neither part exceeds the whole,
+    # and together they account for it (to the rounding of the two parts).
+    durable, applied = repo["flush_sync_ms"], repo["flush_apply_ms"]
+    assert durable["count"] == applied["count"] == 2
+    for part in (durable, applied):
+        assert 0 <= part["p50"] <= part["max"] <= flush["max"]
+    assert durable["max"] + applied["max"] >= flush["max"] - 0.02
 
     text = trackd("daemon", "status")
     assert text.returncode == 0
     assert f"pid {pid}" in text.stdout
     assert str(repo_path.resolve()) in text.stdout
     assert "flushes 2: p50 " in text.stdout
+    assert "durable p50 " in text.stdout
     c.close()
 
     stopped = trackd("daemon", "stop")

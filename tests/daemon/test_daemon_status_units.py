@@ -34,3 +34,8 @@ def test_status_text_shows_flush_latency_only_once_there_were_flushes() -> None:
     repo["flush_ms"] = {"count": 7, "p50": 1.25, "p99": 9.5, "max": 12.0}
     busy = format_status({"repositories": [repo]})
     assert "flushes 7: p50 1.2 ms, p99 9.5 ms, max 12.0 ms (in the daemon)" in busy
+    assert "durable" not in busy  # a daemon that reports no split (an older one)
+    repo["flush_sync_ms"] = {"count": 7, "p50": 0.75, "p99": 6.0, "max": 8.0}
+    repo["flush_apply_ms"] = {"count": 7, "p50": 0.5, "p99": 3.5, "max": 4.0}
+    split = format_status({"repositories": [repo]})
+    assert "durable p50 0.8 ms, p99 6.0 ms; then applied p50 0.5 ms, p99 3.5 ms" in split

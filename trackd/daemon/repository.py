@@ -116,6 +116,9 @@ class Repository:
         self._room.set()
         self.rate = RateMeter()
         self.flush_latency = LatencyMeter()
+        # The two parts of each flush: until its events are durable, then until applied.
+        self.flush_sync_latency = LatencyMeter()
+        self.flush_apply_latency = LatencyMeter()
         self.writer = Writer(
             log_,
             log_thread,
@@ -322,11 +325,15 @@ class Repository:
         t0 = time.perf_counter()
 
         def applied(offset: int) -> None:
-            self.flush_latency.add(time.perf_counter() - t0)
+            now = time.perf_counter()
+            self.flush_latency.add(now - t0)
+            self.flush_sync_latency.add(barrier.synced_at - t0)
+            self.flush_apply_latency.add(now - barrier.synced_at)
             if on_applied is not None:
                 on_applied(offset)
 
-        self.writer.submit(Barrier(fut, on_applied=applied))
+        barrier = Barrier(fut, on_applied=applied)
+        self.writer.submit(barrier)
         return fut
 
     def _synced(
@@ -469,6 +476,8 @@ class Repository:
             "sync_seconds": round(w.stats.sync_seconds, 3),
             "apply_seconds": round(p.apply_seconds, 3),
             "flush_ms": self.flush_latency.summary(),
+            "flush_sync_ms": self.flush_sync_latency.summary(),
+            "flush_apply_ms": self.flush_apply_latency.summary(),
         }
 
 

@@ -15,13 +15,17 @@ The status map (a ``status`` request's result)::
          "pending_bytes": int, "paused": bool, "events_written": int,
          "duplicates_dropped": int, "groups_synced": int, "events_per_s": float,
          "spool_files_ingested": int, "sync_seconds": float, "apply_seconds": float,
-         "flush_ms": {"count": int, "p50": float, "p99": float, "max": float}},
+         "flush_ms": {"count": int, "p50": float, "p99": float, "max": float},
+         "flush_sync_ms": {...}, "flush_apply_ms": {...}},
         ...]}
 
 ``sync_seconds`` and ``apply_seconds`` are the wall time spent in append+fdatasync and in
 applying to the views since the repository was opened. ``flush_ms`` describes the last
 (up to 4,096) flush barriers, from the daemon reading the request to sending the reply:
 the daemon's share of what a client's ``flush()`` takes (the figures are 0 before any).
+``flush_sync_ms`` and ``flush_apply_ms`` split each of those flushes in two: from reading
+the request until the writer is back from the fdatasync that made everything before it
+durable, then until the projector applied it and the reply was sent.
 """
 
 from __future__ import annotations
@@ -152,4 +156,14 @@ def format_status(status: Mapping[str, Any]) -> str:
                 f"    flushes {flush['count']}: p50 {flush['p50']:.1f} ms, "
                 f"p99 {flush['p99']:.1f} ms, max {flush['max']:.1f} ms (in the daemon)"
             )
+            parts = [
+                f"{what} p50 {st['p50']:.1f} ms, p99 {st['p99']:.1f} ms"
+                for what, st in (
+                    ("durable", r.get("flush_sync_ms") or {}),
+                    ("then applied", r.get("flush_apply_ms") or {}),
+                )
+                if st.get("count")
+            ]
+            if parts:
+                lines.append("      " + "; ".join(parts))
     return "\n".join(lines)

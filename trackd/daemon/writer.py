@@ -84,11 +84,14 @@ class Barrier:
         on_applied: Called with that offset the moment the projector answers the barrier,
             before the future's callbacks (which run one loop iteration later, behind
             whatever else is ready then): a reply sent from here reaches the client sooner.
+        synced_at: ``time.perf_counter()`` when the writer was back from the sync that made
+            everything before the barrier durable (the split of ``status``'s flush time).
     """
 
     future: asyncio.Future[int]
     offset: int = 0
     on_applied: Callable[[int], None] | None = None
+    synced_at: float = 0.0
 
 
 class _Stop:
@@ -273,8 +276,10 @@ class Writer:
         for batch in batches:
             if batch.done is not None and not batch.done.done():
                 batch.done.set_result(self.synced_offset)
+        now = time.perf_counter()
         for _before, barrier in barriers:
             barrier.offset = self.synced_offset
+            barrier.synced_at = now
         if dup_bytes:
             self._on_dropped(dup_bytes)
         if logged or barriers:
