@@ -18,9 +18,16 @@ measured in the same run.
    lasts well under a second and gives a few dozen samples, so the load is run again (up
    to 20 times) until at least ``--flush-samples`` are pooled: p50 and p99 of the pool. The
    daemon's own share comes from its status (``flush_ms`` of the load's repository:
-   request read to reply sent, over all that repository's flushes). Also shown: CPU time
+   request read to reply sent, over all that repository's flushes; and its two parts, until
+   the events before it are durable and then until they are applied). Also shown: CPU time
    per point of the producers (all their threads, from the start to their ``close()``) and
    of the daemon over the same span, to tell where the time goes.
+
+   The floor under the same load: a third process, started with the probe, times what no
+   trackd code can make faster, each every 5 ms while the load runs: one 32 KiB append plus
+   ``fdatasync`` to a file next to the repository (a flush needs at least one), and a
+   thread wake-up round trip (one thread sets an event, another wakes and sets one back;
+   two of the six or so wake-ups a flush needs across the SDK and the daemon).
 4. Peak RSS of the daemon (``VmHWM`` from ``/proc``) after all of it.
 
 The daemon runs in a session of its own, as ``trackd daemon start``, the SDK's auto-start
@@ -108,8 +115,9 @@ class Daemon:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def flush_ms(self, repo: Path) -> dict[str, float]:
-        """The daemon's flush latency summary for ``repo`` (``trackd daemon status``)."""
+    def flush_ms(self, repo: Path) -> dict[str, dict[str, float]]:
+        """The daemon's flush latency summaries for ``repo`` (``trackd daemon status``):
+        whole flushes, and their two parts (until durable, then until applied)."""
         out = subprocess.run(
             [sys.executable, "-m", "trackd", "daemon", "status", "--json"],
             env=self.env,
@@ -119,7 +127,11 @@ class Daemon:
         ).stdout
         for r in json.loads(out)["repositories"]:
             if Path(r["path"]) == repo.resolve():
-                return dict(r["flush_ms"])
+                return {
+                    "all": r["flush_ms"],
+                    "sync": r["flush_sync_ms"],
+                    "apply": r["flush_apply_ms"],
+                }
         raise SystemExit(f"the daemon does not report {repo}")
 
     def stop(self) -> None:
@@ -223,8 +235,46 @@ PROBE = """
 """
 
 
+FLOOR = """
+    import json, os, sys, threading, time
+    fd = os.open({path!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    data = os.urandom(32 << 10)
+    ping, pong = threading.Event(), threading.Event()
+    def echo():
+        while True:
+            ping.wait()
+            ping.clear()
+            pong.set()
+    threading.Thread(target=echo, daemon=True).start()
+    print("ready", flush=True)
+    os.read({gate}, 1)
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    sync, wake = [], []
+    off = 0
+    while not stop.is_set():
+        os.pwrite(fd, data, off)
+        off += len(data)
+        a = time.perf_counter()
+        os.fdatasync(fd)
+        b = time.perf_counter()
+        ping.set()
+        pong.wait()
+        pong.clear()
+        sync.append(b - a)
+        wake.append(time.perf_counter() - b)
+        time.sleep(0.005)
+    os.close(fd)
+    os.unlink({path!r})
+    print(json.dumps({{"sync": sync, "wake": wake}}), flush=True)
+"""
+
+
 #: Every flush latency of every load, pooled for the reported percentiles.
 _POOLED: list[float] = []
+#: The floor under the same loads: fdatasync alone, and a thread wake-up round trip.
+_FLOOR_SYNC: list[float] = []
+_FLOOR_WAKE: list[float] = []
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -258,8 +308,10 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
     code = MULTI.format(repo=str(repo), steps=steps, gate=gate)
     workers = [_py(code, d.env, pass_fds=(gate,)) for _ in range(procs)]
     probe = _py(PROBE.format(repo=str(repo), seconds=120.0, gate=gate), d.env, pass_fds=(gate,))
+    floor_file = repo.parent / f"{repo.name}.floor"
+    floor = _py(FLOOR.format(path=str(floor_file), gate=gate), d.env, pass_fds=(gate,))
     os.close(gate)
-    for p in [*workers, probe]:
+    for p in [*workers, probe, floor]:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
     cpu0 = d.cpu_seconds()
@@ -268,6 +320,9 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
     daemon_cpu = d.cpu_seconds() - cpu0
     # The probe times flushes while the workers run, and stops once the last close() returned.
     lat = json.loads(probe.communicate("\n", timeout=600)[0])
+    fl = json.loads(floor.communicate("\n", timeout=600)[0])
+    _FLOOR_SYNC.extend(fl["sync"])
+    _FLOOR_WAKE.extend(fl["wake"])
     elapsed = max(s["end"] for s in spans) - min(s["start"] for s in spans)
     points = 3 * steps * procs
     in_daemon = d.flush_ms(repo)
@@ -280,8 +335,10 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
         "flush_median_ms": statistics.median(lat) * 1000,
         "flush_p99_ms": _pct(lat, 0.99) * 1000,
         "flush_samples": len(lat),
-        "flush_daemon_p50_ms": in_daemon["p50"],
-        "flush_daemon_p99_ms": in_daemon["p99"],
+        "flush_daemon_p50_ms": in_daemon["all"]["p50"],
+        "flush_daemon_p99_ms": in_daemon["all"]["p99"],
+        "flush_daemon_sync_p99_ms": in_daemon["sync"]["p99"],
+        "flush_daemon_apply_p99_ms": in_daemon["apply"]["p99"],
     }
 
 
@@ -326,7 +383,12 @@ def main() -> None:
 
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     loads = rows + extra
-    for k in ("flush_daemon_p50_ms", "flush_daemon_p99_ms"):
+    for k in (
+        "flush_daemon_p50_ms",
+        "flush_daemon_p99_ms",
+        "flush_daemon_sync_p99_ms",
+        "flush_daemon_apply_p99_ms",
+    ):
         med[k] = statistics.median(r[k] for r in loads)
     med["flush_median_ms"] = statistics.median(_POOLED) * 1000
     med["flush_p99_ms"] = _pct(_POOLED, 0.99) * 1000
@@ -371,6 +433,22 @@ def main() -> None:
         ("flush barrier under load, p99 (pooled)", med["flush_p99_ms"], "ms", "flush_p99_ms"),
         ("  of it in the daemon, p50 (median of loads)", med["flush_daemon_p50_ms"], "ms", None),
         ("  of it in the daemon, p99 (median of loads)", med["flush_daemon_p99_ms"], "ms", None),
+        ("    until durable, p99", med["flush_daemon_sync_p99_ms"], "ms", None),
+        ("    then until applied, p99", med["flush_daemon_apply_p99_ms"], "ms", None),
+        ("floor, same loads: fdatasync 32 KiB, p50", _pct(_FLOOR_SYNC, 0.5) * 1000, "ms", None),
+        ("floor, same loads: fdatasync 32 KiB, p99", _pct(_FLOOR_SYNC, 0.99) * 1000, "ms", None),
+        (
+            "floor, same loads: thread wake round trip, p50",
+            _pct(_FLOOR_WAKE, 0.5) * 1000,
+            "ms",
+            None,
+        ),
+        (
+            "floor, same loads: thread wake round trip, p99",
+            _pct(_FLOOR_WAKE, 0.99) * 1000,
+            "ms",
+            None,
+        ),
         ("daemon peak RSS (VmHWM) after the repeats", rss, "MB", "daemon_rss_mb"),
         (f"  after {len(extra)} more loads, one new repository each", rss_after, "MB", None),
     ]
