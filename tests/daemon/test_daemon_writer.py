@@ -44,11 +44,13 @@ async def _one_group(tmp_path: Path, items: list[Batch | Barrier]) -> list[Synce
 def test_barrier_in_a_group_counts_only_the_events_queued_before_it(tmp_path: Path) -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
+        zeroth: asyncio.Future[int] = loop.create_future()
         first: asyncio.Future[int] = loop.create_future()
         second: asyncio.Future[int] = loop.create_future()
         synced = await _one_group(
             tmp_path,
             [
+                Barrier(zeroth),
                 _batch(b"a" * 16, range(1, 3)),
                 Barrier(first),
                 _batch(b"b" * 16, range(1, 4)),
@@ -59,8 +61,13 @@ def test_barrier_in_a_group_counts_only_the_events_queued_before_it(tmp_path: Pa
         assert len(synced) == 1
         events, _nbytes, barriers = synced[0]
         assert [le.event.client_seq for le in events] == [1, 2, 1, 2, 3]
-        assert [(n, b.future) for n, b in barriers] == [(2, first), (5, second)]
-        # Each barrier carries the durable end of the group.
-        assert {b.offset for _n, b in barriers} == {events[-1].end}
+        assert [(n, b.future) for n, b in barriers] == [(0, zeroth), (2, first), (5, second)]
+        # Each barrier carries the end of the last event before it (for the first, the end
+        # of the log before the group).
+        assert [b.offset for _n, b in barriers] == [
+            events[0].offset,
+            events[1].end,
+            events[4].end,
+        ]
 
     asyncio.run(scenario())

@@ -80,7 +80,8 @@ class Barrier:
 
     Attributes:
         future: Resolved (by the projector) with the log offset that is durable and applied.
-        offset: The synced end offset when the barrier passed the writer.
+        offset: The end of the last event logged before the barrier (set by the writer once
+            that is durable): everything before it is durable and, once answered, applied.
         on_applied: Called with that offset the moment the projector answers the barrier,
             before the future's callbacks (which run one loop iteration later, behind
             whatever else is ready then): a reply sent from here reaches the client sooner.
@@ -246,6 +247,7 @@ class Writer:
                     acks[item.sink] = last
             item.payloads = []  # the bytes are no longer needed once handed to the log
         logged: list[LoggedEvent] = []
+        before_group = self.synced_offset
         if payloads:
             t0 = time.perf_counter()
             loop = asyncio.get_running_loop()
@@ -277,8 +279,8 @@ class Writer:
             if batch.done is not None and not batch.done.done():
                 batch.done.set_result(self.synced_offset)
         now = time.perf_counter()
-        for _before, barrier in barriers:
-            barrier.offset = self.synced_offset
+        for before, barrier in barriers:
+            barrier.offset = logged[before - 1].end if before else before_group
             barrier.synced_at = now
         if dup_bytes:
             self._on_dropped(dup_bytes)
