@@ -1,0 +1,118 @@
+"""Who does a flush's work, against a real daemon: the flushing thread sends its barrier and
+reads its own reply on a live connection; it leaves both to the flusher and the reader
+when the flusher is mid-step; many threads flushing at once all get their answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import trackd
+from trackd.sdk.client import Client, get_client
+from trackd.wire.protocol import Reply
+
+if TYPE_CHECKING:
+    from conftest import DaemonProc
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def reply_readers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the threads that parsed each Reply from the daemon, in order."""
+    seen: list[str] = []
+    early = Client._on_message_early
+
+    def record(self: Client, conn: Any, msg: Any) -> None:
+        if isinstance(msg, Reply):
+            seen.append(threading.current_thread().name)
+        early(self, conn, msg)
+
+    monkeypatch.setattr(Client, "_on_message_early", record)
+    return seen
+
+
+def _live_run(repo_path: Path) -> tuple[trackd.Run, Client]:
+    run = trackd.Run(repo=repo_path)
+    client = get_client(run.repo.path)
+    client.flush(force=True)  # connected, the run opened
+    return run, client
+
+
+def test_a_flush_is_sent_and_answered_on_the_calling_thread(
+    daemon: DaemonProc, repo_path: Path, reply_readers: list[str]
+) -> None:
+    run, client = _live_run(repo_path)
+    reply_readers.clear()
+    for i in range(5):
+        run.track(float(i), "m", i)
+        client.flush()
+    assert reply_readers == [threading.current_thread().name] * 5
+    # Everything tracked before each barrier was durable and applied when it returned.
+    assert list(trackd.Repo(repo_path).get_container(run.hash).sequences["m"].values()) == [
+        0.0,
+        1.0,
+        2.0,
+        3.0,
+        4.0,
+    ]
+    run.close()
+
+
+def test_a_flush_while_the_flusher_is_mid_step_is_left_to_it(
+    daemon: DaemonProc, repo_path: Path, reply_readers: list[str]
+) -> None:
+    run, client = _live_run(repo_path)
+    reply_readers.clear()
+    run.track(1.0, "m", 0)
+    released = threading.Event()
+
+    def busy_flusher() -> None:
+        with client._step_lock:  # as the flusher holds it during a step
+            released.wait(10)
+
+    holder = threading.Thread(target=busy_flusher)
+    holder.start()
+    try:
+        threading.Timer(0.2, released.set).start()
+        t0 = time.monotonic()
+        client.flush()
+        assert time.monotonic() - t0 >= 0.15  # it waited for the flusher's step
+    finally:
+        released.set()
+        holder.join()
+    assert reply_readers == ["trackd-reader"]
+    assert list(trackd.Repo(repo_path).get_container(run.hash).sequences["m"].values()) == [1.0]
+    run.close()
+
+
+def test_many_threads_flushing_at_once_all_get_their_answers(
+    daemon: DaemonProc, repo_path: Path
+) -> None:
+    run, client = _live_run(repo_path)
+    errors: list[BaseException] = []
+    per_thread = 40
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(per_thread):
+                run.track(float(i), f"m{k}", i)
+                client.flush(timeout=30)
+        except BaseException as e:  # reported below, with the thread's number
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    container = trackd.Repo(repo_path).get_container(run.hash)
+    for k in range(6):
+        assert [s for s, _v in container.sequences[f"m{k}"].items()] == list(range(per_thread))
+    run.close()
