@@ -137,6 +137,9 @@ def daemon_factory(socket_env: Path, tmp_path: Path) -> Iterator[DaemonProc]:
     """A not-yet-started daemon bound to ``socket_env``; the test calls ``.start()``."""
     d = DaemonProc(socket=socket_env, env=dict(os.environ), log_path=tmp_path / "daemon.log")
     yield d
+    # Clients first: a client still holding a run (a test that failed before closing it)
+    # would otherwise auto-start a daemon of its own once this one is gone, and leave it.
+    shutdown_clients()
     d.kill()
 
 
