@@ -194,3 +194,27 @@ def test_events_nobody_waits_for_are_gathered_but_a_flush_is_not_delayed(
     asyncio.run(_run(scenario, views))
     assert views.calls == [[0], [1, 2, 3]]
     assert waited[0] < 0.4
+
+
+def test_events_from_another_thread_are_applied_while_the_loop_is_busy() -> None:
+    """The log thread hands groups to the views thread directly: they are applied even
+    while the event loop is busy, and only the answer to a flush needs the loop."""
+    views = FakeViews()
+    applied_while_blocked: list[bool] = []
+
+    async def scenario(p: Projector) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)  # the projector starts (in the daemon, when the repo opens)
+        fut: asyncio.Future[int] = loop.create_future()
+        submitter = threading.Thread(
+            target=p.submit, args=([_plain(0), _plain(1)], 0, [(2, Barrier(fut, offset=2))])
+        )
+        submitter.start()
+        submitter.join(10)
+        # Block the loop (no await) while the views thread applies.
+        applied_while_blocked.append(views.entered.wait(10))
+        assert await asyncio.wait_for(fut, 10) == 2
+
+    asyncio.run(_run(scenario, views))
+    assert applied_while_blocked == [True]
+    assert views.calls == [[0, 1]]

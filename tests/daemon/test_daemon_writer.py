@@ -4,6 +4,7 @@ group (the projector's input)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,3 +72,37 @@ def test_barrier_in_a_group_counts_only_the_events_queued_before_it(tmp_path: Pa
         ]
 
     asyncio.run(scenario())
+
+
+def test_group_is_handed_over_on_the_log_thread_once_durable(tmp_path: Path) -> None:
+    """The projector gets a group from the log thread the moment its fdatasync returns,
+    without a pass through the event loop; what it gets is durable already."""
+    seen: list[tuple[str, int, int]] = []
+
+    async def scenario() -> None:
+        with (
+            EventLog.open(tmp_path / "log") as elog,
+            ThreadPoolExecutor(1, thread_name_prefix="log-under-test") as pool,
+        ):
+
+            def on_synced(ev: list[LoggedEvent], nb: int, bs: list[tuple[int, Barrier]]) -> None:
+                seen.append((threading.current_thread().name, ev[-1].end, elog.synced_offset))
+
+            w = Writer(
+                elog,
+                pool,
+                {},
+                max_wait=0.0,
+                on_synced=on_synced,
+                on_dropped=lambda nb: None,
+                on_fatal=lambda e: None,
+            )
+            w.submit(_batch(b"a" * 16, range(1, 4)))
+            w.stop()
+            await asyncio.wait_for(w.run(), 10)
+
+    asyncio.run(scenario())
+    assert len(seen) == 1
+    thread, end, synced = seen[0]
+    assert thread.startswith("log-under-test")
+    assert synced >= end  # durable before the projector sees it

@@ -1,18 +1,25 @@
 """The projector of one repository: applies synced events to the SQLite views.
 
-Owns: :class:`Projector`, the task that feeds :meth:`SQLiteViews.apply` in large batches on
-the repository's views thread (SQLite connections are bound to the thread that made them),
+Owns: :class:`Projector`, the loop that feeds :meth:`SQLiteViews.apply` in large batches on
+the repository's views thread (SQLite connections are used by one thread at a time),
 advances the applied offset, and answers flush barriers. Imports ``trackd.views`` and
 ``trackd.eventlog`` event types; never the log itself: it gets the decoded events the writer
 already holds, so nothing is read back from disk.
+
+The projector's loop runs on the views thread itself, for as long as the repository is
+open, and takes its input from a thread-safe queue: the log thread hands it each group the
+moment its fdatasync returns, and the views thread answers flush barriers with one
+``call_soon_threadsafe`` that sends the replies. A flush so passes through the event loop
+once on its way back instead of three times (writer task, projector task, reply), each of
+which waited behind whatever else the loop had to do under load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
+import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -45,17 +52,23 @@ APPLY_INTERVAL: Final = 0.025
 
 _Item = tuple[list[LoggedEvent], int, list[tuple[int, Barrier]]] | _Stop
 
+#: What the views thread hands the event loop after a transaction: the barriers it answers
+#: and the pending bytes it released.
+_Answer = tuple[list[Barrier], int]
+
 
 class Projector:
     """Applies what the writer made durable, in order, in transactions of many events.
 
     Args:
-        views: The open views; only ever called on ``views_thread``.
+        views: The open views; only ever called on ``views_thread``, which :meth:`run`
+            occupies until the projector stops.
         views_thread: A single-thread executor that owns the SQLite connection.
         applied_offset: The views' checkpoint when the projector starts.
         batch_events: Most events per :meth:`SQLiteViews.apply` call (one transaction).
         on_applied: Called on the loop with the pending bytes that left memory.
-        on_fatal: Called once when applying fails; the projector stops afterwards.
+        on_fatal: Called once on the loop when applying fails; the projector stops
+            applying afterwards and fails every flush that waits or comes.
     """
 
     def __init__(
@@ -73,17 +86,29 @@ class Projector:
         self._batch = batch_events
         self._on_applied = on_applied
         self._on_fatal = on_fatal
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set by abort(): the views thread stops at the next item, applying nothing more.
+        self._abort = False
         self.applied_offset = applied_offset
-        self.queued_events = 0
+        # Written by the submitting thread (the log thread, or the loop for groups without
+        # events, never both at once) and by the views thread respectively.
+        self.submitted_events = 0
         self.applied_events = 0
         self.apply_seconds = 0.0
         self.failed: BaseException | None = None
+
+    @property
+    def queued_events(self) -> int:
+        """Events submitted and not applied yet."""
+        return self.submitted_events - self.applied_events
 
     def submit(
         self, events: list[LoggedEvent], nbytes: int, barriers: list[tuple[int, Barrier]]
     ) -> None:
         """Queue durable events for the views, with the flush barriers among them.
+
+        Safe from any thread; the writer calls it on the log thread, right after the sync.
 
         Args:
             events: Durable events, in log order.
@@ -91,34 +116,43 @@ class Projector:
             barriers: Each barrier with the number of ``events`` queued before it: it is
                 answered once those (and everything submitted earlier) are applied.
         """
-        if self.failed is not None:
-            for _n, b in barriers:
-                if not b.future.done():
-                    b.future.set_exception(self.failed)
-            return
-        self.queued_events += len(events)
-        self._queue.put_nowait((events, nbytes, barriers))
+        self.submitted_events += len(events)
+        self._queue.put((events, nbytes, barriers))
 
     def stop(self) -> None:
         """Queue the end: everything submitted before is applied, then :meth:`run` returns."""
-        self._queue.put_nowait(_STOP)
+        self._queue.put(_STOP)
 
     async def run(self) -> None:
-        """Apply until :meth:`stop` is reached or the views fail.
+        """Apply on the views thread until :meth:`stop` is reached or the views fail.
 
-        Events are applied in order, in transactions of at most ``batch_events`` events and
-        :data:`MAX_APPLY_POINTS` points, and a transaction never runs past a waiting flush
-        barrier: each barrier is answered as soon as everything submitted before it is
-        applied, not after whatever was submitted behind it.
+        Cancelling it (a fatal stop) makes the views thread stop at once, applying nothing
+        more, and still waits for it to let go of the views.
         """
-        queue = self._queue
+        loop = self._loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._thread, self._main)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self._abort = True
+            self._queue.put(_STOP)
+            await asyncio.wait([done])
+            raise
+
+    # -- on the views thread ---------------------------------------------------------------
+
+    def _main(self) -> None:
+        """Apply in order, in transactions of at most ``batch_events`` events and
+        :data:`MAX_APPLY_POINTS` points; a transaction never runs past a waiting flush
+        barrier, so that each is answered as soon as what was submitted before it is
+        applied, not after whatever was submitted behind it."""
+        q = self._queue
         pending: collections.deque[LoggedEvent] = collections.deque()
         # (events submitted before it, barrier) and (events submitted up to it, bytes)
         waits: collections.deque[tuple[int, Barrier]] = collections.deque()
         releases: collections.deque[tuple[int, int]] = collections.deque()
         submitted = applied = pending_points = 0
         stop = False
-        loop = asyncio.get_running_loop()
         last_apply = -APPLY_INTERVAL
 
         def take(item: _Item) -> None:
@@ -134,56 +168,67 @@ class Projector:
             if nbytes:
                 releases.append((submitted, nbytes))
 
-        while True:
+        while not self._abort:
             if not pending and not stop:
-                take(await queue.get())
-            while not queue.empty():
-                take(queue.get_nowait())
-            self._answer(waits, applied)
+                take(q.get())
+            while not stop:
+                try:
+                    take(q.get_nowait())
+                except queue.Empty:
+                    break
+            if self.failed is not None:  # every flush that waits or comes gets the error
+                self._post_failure(waits)
+                pending.clear()
+                if stop:
+                    return
+                continue
+            if answered := _answered(waits, applied):
+                self._post(answered, 0)
             if not pending:
                 if stop:
                     return
                 continue
-            wait = last_apply + APPLY_INTERVAL - loop.time()
+            wait = last_apply + APPLY_INTERVAL - time.monotonic()
             if wait > 0 and not waits and not stop and pending_points < MAX_APPLY_POINTS:
                 # Nobody waits for these yet: gather more into the same transaction. Each
                 # commit costs the views about 1.5 ms whatever it holds (the WAL pages of
                 # the tables it touches), so fewer, larger ones leave more CPU to ingest.
-                with contextlib.suppress(TimeoutError):
-                    take(await asyncio.wait_for(queue.get(), wait))
+                try:
+                    take(q.get(timeout=wait))
+                except queue.Empty:
+                    pass
                 continue
             chunk, points = self._next_chunk(
                 pending, waits[0][0] - applied if waits else len(pending)
             )
             pending_points -= points
-            last_apply = loop.time()
+            last_apply = time.monotonic()
             try:
-                await self._apply(chunk)
+                self._apply(chunk)
             except Exception as e:
+                log.error("applying to the views failed: %s", e)
                 self.failed = e
-                for _n, b in waits:
-                    if not b.future.done():
-                        b.future.set_exception(e)
-                self._fail_queued(e)
-                self._on_fatal(e)
-                return
+                self._post_failure(waits)
+                self._post_fatal(e)
+                pending.clear()
+                continue
             applied += len(chunk)
-            self._answer(waits, applied)
             freed = 0
             while releases and releases[0][0] <= applied:
                 freed += releases.popleft()[1]
-            if freed:
-                self._on_applied(freed)
+            answered = _answered(waits, applied)
+            if answered or freed:
+                self._post(answered, freed)
 
-    @staticmethod
-    def _answer(waits: collections.deque[tuple[int, Barrier]], applied: int) -> None:
-        """Resolve the barriers whose preceding events are all applied."""
-        while waits and waits[0][0] <= applied:
-            _n, b = waits.popleft()
-            if not b.future.done():
-                b.future.set_result(b.offset)
-                if b.on_applied is not None:
-                    b.on_applied(b.offset)
+    def _apply(self, chunk: list[LoggedEvent]) -> None:
+        """Apply one transaction."""
+        t0 = time.perf_counter()
+        self._views.apply(chunk)
+        elapsed = time.perf_counter() - t0
+        self.apply_seconds += elapsed
+        log.debug("applied %d events up to %d in %.1f ms", len(chunk), chunk[-1].end, elapsed * 1e3)
+        self.applied_offset = chunk[-1].end
+        self.applied_events += len(chunk)
 
     def _next_chunk(
         self, pending: collections.deque[LoggedEvent], limit: int
@@ -201,22 +246,42 @@ class Projector:
             chunk.append(pending.popleft())
         return chunk, points
 
-    async def _apply(self, chunk: list[LoggedEvent]) -> None:
-        """Apply one transaction on the views thread."""
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        await loop.run_in_executor(self._thread, self._views.apply, chunk)
-        elapsed = time.perf_counter() - t0
-        self.apply_seconds += elapsed
-        log.debug("applied %d events up to %d in %.1f ms", len(chunk), chunk[-1].end, elapsed * 1e3)
-        self.applied_offset = chunk[-1].end
-        self.queued_events -= len(chunk)
-        self.applied_events += len(chunk)
+    def _post(self, answered: list[Barrier], freed: int) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, answered, freed)
 
-    def _fail_queued(self, exc: BaseException) -> None:
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not isinstance(item, _Stop):
-                for _n, b in item[2]:
-                    if not b.future.done():
-                        b.future.set_exception(exc)
+    def _post_failure(self, waits: collections.deque[tuple[int, Barrier]]) -> None:
+        if waits:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_fail, [b for _n, b in waits], self.failed)
+            waits.clear()
+
+    def _post_fatal(self, exc: BaseException) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_fatal, exc)
+
+    # -- on the event loop -----------------------------------------------------------------
+
+    def _deliver(self, answered: list[Barrier], freed: int) -> None:
+        """Answer the barriers (their replies go out from here) and release memory."""
+        for b in answered:
+            if not b.future.done():
+                b.future.set_result(b.offset)
+                if b.on_applied is not None:
+                    b.on_applied(b.offset)
+        if freed:
+            self._on_applied(freed)
+
+
+def _answered(waits: collections.deque[tuple[int, Barrier]], applied: int) -> list[Barrier]:
+    """Take the barriers whose preceding events are all applied."""
+    out = []
+    while waits and waits[0][0] <= applied:
+        out.append(waits.popleft()[1])
+    return out
+
+
+def _fail(barriers: list[Barrier], exc: BaseException | None) -> None:
+    for b in barriers:
+        if not b.future.done():
+            b.future.set_exception(exc or RuntimeError("the views failed"))

@@ -10,7 +10,8 @@ Imports ``trackd.eventlog``, ``trackd.views`` and its sibling daemon modules.
 
 Threads: the log is touched only by ``log_thread``, the SQLite connection only by
 ``views_thread``; both are single-thread executors, so no object is ever used from two
-threads at once.
+threads at once. While the repository serves, the projector's loop occupies the views
+thread, and the log thread hands it each synced group directly.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Repository:
             marks,
             max_wait=settings.group_commit_max_wait,
             on_synced=self._synced,
+            on_logged=self.rate.add,
             on_dropped=self.release,
             on_fatal=self._fatal,
         )
@@ -191,6 +193,9 @@ class Repository:
             )
             marks = await loop.run_in_executor(views_thread, views.client_marks)
             checkpoint = await loop.run_in_executor(views_thread, lambda: views.checkpoint)
+            # The WAL is checkpointed off the projector's commits (see _checkpoint_loop).
+            # Set before the projector takes the views thread for as long as it runs.
+            await loop.run_in_executor(views_thread, views.set_autocheckpoint, 0)
         except BaseException as e:
             if views is not None:
                 await loop.run_in_executor(views_thread, views.close)
@@ -256,9 +261,8 @@ class Repository:
         await self._close_files()
 
     async def _checkpoint_loop(self) -> None:
-        """Turn off SQLite's in-commit checkpoint and checkpoint every second instead."""
+        """Checkpoint the views' WAL every second (SQLite's own, in-commit, is off)."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._views_thread, self._views.set_autocheckpoint, 0)
         self._checkpointer = await loop.run_in_executor(
             self._checkpoint_thread, WalCheckpointer, self.layout.views_db
         )
@@ -339,8 +343,7 @@ class Repository:
     def _synced(
         self, events: list[LoggedEvent], nbytes: int, barriers: list[tuple[int, Barrier]]
     ) -> None:
-        if events:
-            self.rate.add(len(events))
+        # On the log thread (see Writer's on_synced): only the thread-safe submit.
         self.projector.submit(events, nbytes, barriers)
 
     # -- memory budget ---------------------------------------------------------------------

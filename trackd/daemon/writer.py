@@ -123,9 +123,12 @@ class Writer:
         log_thread: A single-thread executor dedicated to this log.
         marks: Highest durable client_seq per client id; updated after each sync.
         max_wait: Seconds to wait for more events after the first of a group.
-        on_synced: Called on the loop after each sync with the logged events, their
-            pending bytes, and the group's barriers, each with the number of those events
-            queued before it (the projector's input).
+        on_synced: Called after each sync with the logged events, their pending bytes,
+            and the group's barriers, each with the number of those events queued before
+            it (the projector's input). Called on the log thread the moment the fdatasync
+            returns (so it must be thread-safe), or on the loop for a group that logged
+            nothing; never from both at once.
+        on_logged: Called on the loop with the number of events each group logged.
         on_dropped: Called with bytes of duplicates that never go to the projector.
         on_fatal: Called once when the log fails; the writer stops afterwards.
     """
@@ -138,6 +141,7 @@ class Writer:
         *,
         max_wait: float,
         on_synced: Callable[[list[LoggedEvent], int, list[tuple[int, Barrier]]], None],
+        on_logged: Callable[[int], None] = lambda n: None,
         on_dropped: Callable[[int], None],
         on_fatal: Callable[[BaseException], None],
     ) -> None:
@@ -149,6 +153,7 @@ class Writer:
         self._appended = dict(marks)
         self._max_wait = max_wait
         self._on_synced = on_synced
+        self._on_logged = on_logged
         self._on_dropped = on_dropped
         self._on_fatal = on_fatal
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -251,20 +256,23 @@ class Writer:
         if payloads:
             t0 = time.perf_counter()
             loop = asyncio.get_running_loop()
-            offsets, end = await loop.run_in_executor(self._thread, self._append_sync, payloads)
+            logged, end = await loop.run_in_executor(
+                self._thread,
+                self._append_sync,
+                payloads,
+                events,
+                barriers,
+                new_bytes,
+                before_group,
+            )
             elapsed = time.perf_counter() - t0
             self.stats.sync_seconds += elapsed
             self.synced_offset = self.end_offset = end
-            # A record ends after its header and payload; the next one may start later, after
-            # the header of a new segment file.
-            logged = [
-                LoggedEvent(o, o + RECORD_HEADER_SIZE + len(p), ev)
-                for o, p, ev in zip(offsets, payloads, events, strict=True)
-            ]
             self.marks.update(group_marks)
             self.stats.groups += 1
             self.stats.events += len(events)
             self.stats.bytes += new_bytes
+            self._on_logged(len(events))
             log.debug(
                 "group of %d events (%d duplicates) synced to %d in %.1f ms",
                 len(events),
@@ -272,29 +280,52 @@ class Writer:
                 end,
                 elapsed * 1e3,
             )
+        elif barriers:
+            # Nothing new to log: everything before these barriers is durable already.
+            now = time.perf_counter()
+            for _before, barrier in barriers:
+                barrier.offset = before_group
+                barrier.synced_at = now
+            self._on_synced([], 0, barriers)
         self.stats.duplicates += dups
         for sink, seq in acks.items():
             sink.on_durable(seq)
         for batch in batches:
             if batch.done is not None and not batch.done.done():
                 batch.done.set_result(self.synced_offset)
-        now = time.perf_counter()
-        for before, barrier in barriers:
-            barrier.offset = logged[before - 1].end if before else before_group
-            barrier.synced_at = now
         if dup_bytes:
             self._on_dropped(dup_bytes)
-        if logged or barriers:
-            self._on_synced(logged, new_bytes if logged else 0, barriers)
-        elif new_bytes:
+        if not logged and new_bytes:
             self._on_dropped(new_bytes)
 
-    def _append_sync(self, payloads: list[bytes]) -> tuple[list[int], int]:
-        """On the log thread: append the group and make it durable."""
+    def _append_sync(
+        self,
+        payloads: list[bytes],
+        events: list[Event],
+        barriers: list[tuple[int, Barrier]],
+        nbytes: int,
+        before_group: int,
+    ) -> tuple[list[LoggedEvent], int]:
+        """On the log thread: append the group, make it durable, hand it to the projector.
+
+        The barriers learn the end of the last event before each (or ``before_group``), and
+        the time the sync returned, before the projector can answer them.
+        """
         offsets = self._log.append(payloads)
         end = self._log.end_offset
         self._log.sync()
-        return list(offsets), end
+        synced_at = time.perf_counter()
+        # A record ends after its header and payload; the next one may start later, after
+        # the header of a new segment file.
+        logged = [
+            LoggedEvent(o, o + RECORD_HEADER_SIZE + len(p), ev)
+            for o, p, ev in zip(offsets, payloads, events, strict=True)
+        ]
+        for before, barrier in barriers:
+            barrier.offset = logged[before - 1].end if before else before_group
+            barrier.synced_at = synced_at
+        self._on_synced(logged, nbytes, barriers)
+        return logged, end
 
 
 def _future_of(item: Batch | Barrier) -> asyncio.Future[int] | None:
