@@ -106,3 +106,40 @@ def test_group_is_handed_over_on_the_log_thread_once_durable(tmp_path: Path) -> 
     thread, end, synced = seen[0]
     assert thread.startswith("log-under-test")
     assert synced >= end  # durable before the projector sees it
+
+
+def test_groups_are_written_while_the_loop_is_busy_and_acked_on_the_loop(tmp_path: Path) -> None:
+    """The writer's loop runs on the log thread: a batch is appended, synced and handed to
+    the projector even while the event loop is busy. Acks go out on the event loop."""
+    ack_threads: list[tuple[int, bool]] = []
+    handed = threading.Event()
+
+    class Sink:
+        def on_durable(self, seq: int) -> None:
+            ack_threads.append((seq, threading.current_thread() is threading.main_thread()))
+
+    async def scenario() -> None:
+        with EventLog.open(tmp_path / "log") as elog, ThreadPoolExecutor(1) as pool:
+            w = Writer(
+                elog,
+                pool,
+                {},
+                max_wait=0.0,
+                on_synced=lambda ev, nb, bs: handed.set(),
+                on_dropped=lambda nb: None,
+                on_fatal=lambda e: None,
+            )
+            task = asyncio.create_task(w.run())
+            await asyncio.sleep(0)  # the writer starts (in the daemon, when the repo opens)
+            batch = _batch(b"a" * 16, range(1, 4))
+            batch.sink = Sink()
+            w.submit(batch)
+            # The loop is blocked here (no await) while the log thread does the work.
+            assert handed.wait(10)
+            assert ack_threads == []  # not acked yet: that takes the loop
+            w.stop()
+            await asyncio.wait_for(task, 10)
+            assert w.marks == {b"a" * 16: 3}
+
+    asyncio.run(scenario())
+    assert ack_threads == [(3, True)]

@@ -4,17 +4,20 @@ Owns: :class:`Writer`, the only code that appends to a repository's :class:`Even
 the queue items it consumes (:class:`Batch`, :class:`Barrier`). Imports ``trackd.eventlog``
 and asyncio; never sockets (acks go out through :class:`AckSink`).
 
-Group commit: the writer takes everything queued, drops duplicates against the high-water
-marks, and runs ``append`` + ``sync`` as one call on the repository's log thread. While that
-call (and its fdatasync) runs, the event loop keeps reading sockets and queueing; the next
-turn takes all of it. So one fdatasync covers as many events as arrived during the previous
-one, and an idle daemon syncs at once. The log is touched by that one thread only.
+Group commit: the writer's loop runs on the repository's log thread for as long as the
+repository is open. It takes everything queued, drops duplicates against the high-water
+marks, appends and fdatasyncs, hands the group to the projector, and posts the acks to the
+event loop in one callback. While a sync runs the event loop keeps reading sockets and
+queueing; the next turn takes all of it at once, without a pass through the event loop in
+between. So one fdatasync covers as many events as arrived during the previous one, and an
+idle daemon syncs at once. The log is touched by that one thread only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -123,14 +126,14 @@ class Writer:
         log_thread: A single-thread executor dedicated to this log.
         marks: Highest durable client_seq per client id; updated after each sync.
         max_wait: Seconds to wait for more events after the first of a group.
-        on_synced: Called after each sync with the logged events, their pending bytes,
-            and the group's barriers, each with the number of those events queued before
-            it (the projector's input). Called on the log thread the moment the fdatasync
-            returns (so it must be thread-safe), or on the loop for a group that logged
-            nothing; never from both at once.
+        on_synced: Called on the log thread after each sync with the logged events, their
+            pending bytes, and the group's barriers, each with the number of those events
+            queued before it (the projector's input): the moment the fdatasync returns, or
+            at once for a group that logged nothing. It must be thread-safe.
         on_logged: Called on the loop with the number of events each group logged.
-        on_dropped: Called with bytes of duplicates that never go to the projector.
-        on_fatal: Called once when the log fails; the writer stops afterwards.
+        on_dropped: Called on the loop with bytes of duplicates that never go to the
+            projector.
+        on_fatal: Called once on the loop when the log fails; the writer stops afterwards.
     """
 
     def __init__(
@@ -156,23 +159,26 @@ class Writer:
         self._on_logged = on_logged
         self._on_dropped = on_dropped
         self._on_fatal = on_fatal
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set when run() is cancelled (a fatal stop): the log thread stops at the next turn.
+        self._abort = False
         self.synced_offset: int = log.synced_offset
         self.end_offset: int = log.end_offset
         self.stats = WriterStats()
         self.failed: BaseException | None = None
 
     def submit(self, item: Batch | Barrier) -> None:
-        """Queue a batch or a barrier behind everything queued before."""
+        """Queue a batch or a barrier behind everything queued before (on the loop)."""
         if self.failed is not None:
             if item_future := _future_of(item):
                 item_future.set_exception(self.failed)
             return
-        self._queue.put_nowait(item)
+        self._queue.put(item)
 
     def stop(self) -> None:
         """Queue the end: the writer finishes what was queued before, then :meth:`run` returns."""
-        self._queue.put_nowait(STOP)
+        self._queue.put(STOP)
 
     @property
     def queued(self) -> int:
@@ -184,35 +190,51 @@ class Writer:
         self._max_wait = seconds
 
     async def run(self) -> None:
-        """Write groups until :meth:`stop` is reached or the log fails."""
-        queue = self._queue
-        while True:
-            items = [await queue.get()]
+        """Write groups on the log thread until :meth:`stop` is reached or the log fails.
+
+        Cancelling it (a fatal stop) makes the log thread stop after the group it is
+        writing, and still waits for it to let go of the log.
+        """
+        loop = self._loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._thread, self._main)
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self._abort = True
+            self._queue.put(STOP)
+            await asyncio.wait([done])
+            raise
+
+    # -- on the log thread -----------------------------------------------------------------
+
+    def _main(self) -> None:
+        q = self._queue
+        while not self._abort:
+            items = [q.get()]
             if self._max_wait > 0 and not isinstance(items[0], _Stop):
-                await asyncio.sleep(self._max_wait)
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            stop = any(isinstance(i, _Stop) for i in items)
+                time.sleep(self._max_wait)
+            while True:
+                try:
+                    items.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            work = [i for i in items if not isinstance(i, _Stop)]
             try:
-                await self._commit([i for i in items if not isinstance(i, _Stop)])
+                self._commit(work)
             except Exception as e:
+                log.error("writing to the log failed: %s", e)
                 self.failed = e
-                for item in items:
-                    if not isinstance(item, _Stop) and (f := _future_of(item)) and not f.done():
-                        f.set_exception(e)
-                self._fail_queued(e)
-                self._on_fatal(e)
+                while True:
+                    try:
+                        items.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                self._post(self._fail, [i for i in items if not isinstance(i, _Stop)], e)
                 return
-            if stop:
+            if len(work) < len(items):  # STOP was among them
                 return
 
-    def _fail_queued(self, exc: BaseException) -> None:
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not isinstance(item, _Stop) and (f := _future_of(item)) and not f.done():
-                f.set_exception(exc)
-
-    async def _commit(self, items: Sequence[Batch | Barrier]) -> None:
+    def _commit(self, items: Sequence[Batch | Barrier]) -> None:
         appended = self._appended
         payloads: list[bytes] = []
         events: list[Event] = []
@@ -251,34 +273,34 @@ class Writer:
                 if last > acks.get(item.sink, 0):
                     acks[item.sink] = last
             item.payloads = []  # the bytes are no longer needed once handed to the log
-        logged: list[LoggedEvent] = []
         before_group = self.synced_offset
         if payloads:
             t0 = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            logged, end = await loop.run_in_executor(
-                self._thread,
-                self._append_sync,
-                payloads,
-                events,
-                barriers,
-                new_bytes,
-                before_group,
-            )
-            elapsed = time.perf_counter() - t0
-            self.stats.sync_seconds += elapsed
+            offsets = self._log.append(payloads)
+            end = self._log.end_offset
+            self._log.sync()
+            synced_at = time.perf_counter()
+            # A record ends after its header and payload; the next one may start later,
+            # after the header of a new segment file.
+            logged = [
+                LoggedEvent(o, o + RECORD_HEADER_SIZE + len(p), ev)
+                for o, p, ev in zip(offsets, payloads, events, strict=True)
+            ]
+            for before, barrier in barriers:
+                barrier.offset = logged[before - 1].end if before else before_group
+                barrier.synced_at = synced_at
+            self._on_synced(logged, new_bytes, barriers)
             self.synced_offset = self.end_offset = end
-            self.marks.update(group_marks)
+            self.stats.sync_seconds += synced_at - t0
             self.stats.groups += 1
             self.stats.events += len(events)
             self.stats.bytes += new_bytes
-            self._on_logged(len(events))
             log.debug(
                 "group of %d events (%d duplicates) synced to %d in %.1f ms",
                 len(events),
                 dups,
                 end,
-                elapsed * 1e3,
+                (synced_at - t0) * 1e3,
             )
         elif barriers:
             # Nothing new to log: everything before these barriers is durable already.
@@ -288,44 +310,50 @@ class Writer:
                 barrier.synced_at = now
             self._on_synced([], 0, barriers)
         self.stats.duplicates += dups
+        if acks or batches or dup_bytes or new_bytes or events:
+            self._post(
+                self._durable,
+                group_marks,
+                acks,
+                batches,
+                self.synced_offset,
+                dup_bytes + (0 if payloads else new_bytes),
+                len(events),
+            )
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(callback, *args)
+
+    # -- on the event loop -----------------------------------------------------------------
+
+    def _durable(
+        self,
+        group_marks: dict[bytes, int],
+        acks: dict[AckSink, int],
+        batches: list[Batch],
+        offset: int,
+        dropped: int,
+        logged: int,
+    ) -> None:
+        """A group is durable: advance the marks, ack its senders, release duplicates."""
+        self.marks.update(group_marks)
         for sink, seq in acks.items():
             sink.on_durable(seq)
         for batch in batches:
             if batch.done is not None and not batch.done.done():
-                batch.done.set_result(self.synced_offset)
-        if dup_bytes:
-            self._on_dropped(dup_bytes)
-        if not logged and new_bytes:
-            self._on_dropped(new_bytes)
+                batch.done.set_result(offset)
+        if dropped:
+            self._on_dropped(dropped)
+        if logged:
+            self._on_logged(logged)
 
-    def _append_sync(
-        self,
-        payloads: list[bytes],
-        events: list[Event],
-        barriers: list[tuple[int, Barrier]],
-        nbytes: int,
-        before_group: int,
-    ) -> tuple[list[LoggedEvent], int]:
-        """On the log thread: append the group, make it durable, hand it to the projector.
-
-        The barriers learn the end of the last event before each (or ``before_group``), and
-        the time the sync returned, before the projector can answer them.
-        """
-        offsets = self._log.append(payloads)
-        end = self._log.end_offset
-        self._log.sync()
-        synced_at = time.perf_counter()
-        # A record ends after its header and payload; the next one may start later, after
-        # the header of a new segment file.
-        logged = [
-            LoggedEvent(o, o + RECORD_HEADER_SIZE + len(p), ev)
-            for o, p, ev in zip(offsets, payloads, events, strict=True)
-        ]
-        for before, barrier in barriers:
-            barrier.offset = logged[before - 1].end if before else before_group
-            barrier.synced_at = synced_at
-        self._on_synced(logged, nbytes, barriers)
-        return logged, end
+    def _fail(self, items: list[Batch | Barrier], exc: BaseException) -> None:
+        """The log failed: fail everything that waited, then stop the daemon."""
+        for item in items:
+            if (f := _future_of(item)) and not f.done():
+                f.set_exception(exc)
+        self._on_fatal(exc)
 
 
 def _future_of(item: Batch | Barrier) -> asyncio.Future[int] | None:
