@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 
 from trackd.daemon import projector as projector_mod
 from trackd.daemon.projector import MAX_APPLY_POINTS, Projector
-from trackd.daemon.writer import Barrier
+from trackd.daemon.writer import Barrier, DurableMark
 from trackd.eventlog.events import ContainerCreated, LoggedEvent, SequenceAppended
 
 
@@ -30,11 +30,15 @@ class FakeViews:
         self.hold = -1
         self.released = threading.Event()
 
-    def apply(self, events: Sequence[LoggedEvent]) -> None:
+    def apply(
+        self, events: Sequence[LoggedEvent], *, before_commit: Callable[[], None] | None = None
+    ) -> None:
         self.entered.set()
         self.gate.wait(10)
         if len(self.calls) == self.hold:
             self.released.wait(10)
+        if before_commit is not None:
+            before_commit()
         self.calls.append([le.offset for le in events])
 
 
@@ -50,7 +54,10 @@ def _plain(offset: int) -> LoggedEvent:
 
 
 async def _run(
-    scenario: Any, views: FakeViews, batch_events: int = 20_000
+    scenario: Any,
+    views: FakeViews,
+    batch_events: int = 20_000,
+    durable: DurableMark | None = None,
 ) -> tuple[Projector, list[int]]:
     released: list[int] = []
     with ThreadPoolExecutor(1) as pool:
@@ -61,6 +68,7 @@ async def _run(
             batch_events=batch_events,
             on_applied=released.append,
             on_fatal=lambda e: None,
+            durable=durable,
         )
         task = asyncio.create_task(p.run())
         await scenario(p)
@@ -151,7 +159,9 @@ def test_failed_apply_fails_waiting_barriers() -> None:
     """When the views fail, every waiting flush gets the error."""
 
     class Broken(FakeViews):
-        def apply(self, events: Sequence[LoggedEvent]) -> None:
+        def apply(
+            self, events: Sequence[LoggedEvent], *, before_commit: Callable[[], None] | None = None
+        ) -> None:
             raise RuntimeError("disk on fire")
 
     views = Broken()
@@ -218,3 +228,71 @@ def test_events_from_another_thread_are_applied_while_the_loop_is_busy() -> None
     asyncio.run(_run(scenario, views))
     assert applied_while_blocked == [True]
     assert views.calls == [[0, 1]]
+
+
+def test_a_transaction_commits_only_once_the_log_is_durable_past_it() -> None:
+    """The views apply a group while its fdatasync runs, but commit (and answer the flush)
+    only once the durable mark covers the transaction's last event."""
+    views = FakeViews()
+    mark = DurableMark(0)
+    log: list[str] = []
+
+    async def scenario(p: Projector) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        p.submit([_plain(0), _plain(1)], 0, [(2, Barrier(fut, offset=2))])
+        # The work starts before the sync returns...
+        assert await loop.run_in_executor(None, views.entered.wait, 10)
+        await asyncio.sleep(0.2)
+        log.append(f"before the sync: calls {views.calls}, answered {fut.done()}")
+        mark.advance(1)  # durable up to the first event only: still not committed
+        await asyncio.sleep(0.2)
+        log.append(f"durable to 1: calls {views.calls}, answered {fut.done()}")
+        mark.advance(2)
+        assert await asyncio.wait_for(fut, 10) == 2
+        log.append(f"durable to 2: calls {views.calls}")
+
+    asyncio.run(_run(scenario, views, durable=mark))
+    assert log == [
+        "before the sync: calls [], answered False",
+        "durable to 1: calls [], answered False",
+        "durable to 2: calls [[0, 1]]",
+    ]
+
+
+def test_a_failed_sync_fails_the_waiting_flush_and_commits_nothing() -> None:
+    views = FakeViews()
+    mark = DurableMark(0)
+    fatal: list[BaseException] = []
+
+    async def scenario(p: Projector) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        p.submit([_plain(0)], 0, [(1, Barrier(fut, offset=1))])
+        assert await loop.run_in_executor(None, views.entered.wait, 10)
+        mark.fail(OSError("fdatasync failed"))
+        with pytest.raises(OSError, match="fdatasync failed"):
+            await asyncio.wait_for(fut, 10)
+
+    released: list[int] = []
+    with ThreadPoolExecutor(1) as pool:
+
+        async def main() -> None:
+            p = Projector(
+                views,  # type: ignore[arg-type]
+                pool,
+                applied_offset=0,
+                batch_events=100,
+                on_applied=released.append,
+                on_fatal=fatal.append,
+                durable=mark,
+            )
+            task = asyncio.create_task(p.run())
+            await scenario(p)
+            p.stop()
+            await asyncio.wait_for(task, 10)
+            assert p.applied_offset == 0
+
+        asyncio.run(main())
+    assert views.calls == []
+    assert [type(e) for e in fatal] == [OSError]

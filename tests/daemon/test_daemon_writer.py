@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trackd.daemon.writer import Barrier, Batch, Writer, memory_cost
+from trackd.daemon.writer import Barrier, Batch, DurableMark, Writer, memory_cost
 from trackd.eventlog.events import ContainerCreated, LoggedEvent, encode_event
 from trackd.eventlog.log import EventLog
 
@@ -30,7 +30,8 @@ async def _one_group(tmp_path: Path, items: list[Batch | Barrier]) -> list[Synce
             pool,
             {},
             max_wait=0.0,
-            on_synced=lambda ev, nb, bs: synced.append((ev, nb, bs)),
+            durable=DurableMark(elog.synced_offset),
+            on_appended=lambda ev, nb, bs: synced.append((ev, nb, bs)),
             on_dropped=lambda nb: None,
             on_fatal=lambda e: None,
         )
@@ -74,10 +75,12 @@ def test_barrier_in_a_group_counts_only_the_events_queued_before_it(tmp_path: Pa
     asyncio.run(scenario())
 
 
-def test_group_is_handed_over_on_the_log_thread_once_durable(tmp_path: Path) -> None:
-    """The projector gets a group from the log thread the moment its fdatasync returns,
-    without a pass through the event loop; what it gets is durable already."""
+def test_group_is_handed_over_on_the_log_thread_before_its_sync(tmp_path: Path) -> None:
+    """The projector gets a group from the log thread as soon as it is appended, without a
+    pass through the event loop, so that the views apply it while the fdatasync runs; the
+    durable mark (which gates the views' commit) passes it only after the sync."""
     seen: list[tuple[str, int, int]] = []
+    mark = DurableMark(0)
 
     async def scenario() -> None:
         with (
@@ -85,27 +88,57 @@ def test_group_is_handed_over_on_the_log_thread_once_durable(tmp_path: Path) -> 
             ThreadPoolExecutor(1, thread_name_prefix="log-under-test") as pool,
         ):
 
-            def on_synced(ev: list[LoggedEvent], nb: int, bs: list[tuple[int, Barrier]]) -> None:
-                seen.append((threading.current_thread().name, ev[-1].end, elog.synced_offset))
+            def on_appended(ev: list[LoggedEvent], nb: int, bs: list[tuple[int, Barrier]]) -> None:
+                seen.append((threading.current_thread().name, ev[-1].end, mark.offset))
 
             w = Writer(
                 elog,
                 pool,
                 {},
                 max_wait=0.0,
-                on_synced=on_synced,
+                durable=mark,
+                on_appended=on_appended,
                 on_dropped=lambda nb: None,
                 on_fatal=lambda e: None,
             )
             w.submit(_batch(b"a" * 16, range(1, 4)))
             w.stop()
             await asyncio.wait_for(w.run(), 10)
+            assert elog.synced_offset == mark.offset
 
     asyncio.run(scenario())
     assert len(seen) == 1
-    thread, end, synced = seen[0]
+    thread, end, durable_then = seen[0]
     assert thread.startswith("log-under-test")
-    assert synced >= end  # durable before the projector sees it
+    assert durable_then < end  # handed over before its sync...
+    assert mark.offset == end  # ...and marked durable after it
+
+
+def test_durable_mark_waits_for_the_sync_and_passes_on_a_failure() -> None:
+    mark = DurableMark(10)
+    mark.wait(10)  # durable already: returns at once
+    woke: list[str] = []
+
+    def waiter(offset: int) -> None:
+        try:
+            mark.wait(offset)
+            woke.append(f"durable {offset}")
+        except OSError as e:
+            woke.append(f"failed {offset}: {e}")
+
+    first = threading.Thread(target=waiter, args=(20,))
+    first.start()
+    first.join(0.2)
+    assert first.is_alive()  # not durable yet: still waiting
+    assert woke == []
+    mark.advance(25)
+    first.join(10)
+    assert woke == ["durable 20"]
+    second = threading.Thread(target=waiter, args=(30,))
+    second.start()
+    mark.fail(OSError("fdatasync failed"))
+    second.join(10)
+    assert woke == ["durable 20", "failed 30: fdatasync failed"]
 
 
 def test_groups_are_written_while_the_loop_is_busy_and_acked_on_the_loop(tmp_path: Path) -> None:
@@ -125,7 +158,8 @@ def test_groups_are_written_while_the_loop_is_busy_and_acked_on_the_loop(tmp_pat
                 pool,
                 {},
                 max_wait=0.0,
-                on_synced=lambda ev, nb, bs: handed.set(),
+                durable=DurableMark(elog.synced_offset),
+                on_appended=lambda ev, nb, bs: handed.set(),
                 on_dropped=lambda nb: None,
                 on_fatal=lambda e: None,
             )

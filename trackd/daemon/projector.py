@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Final
 
-from trackd.daemon.writer import Barrier
+from trackd.daemon.writer import Barrier, DurableMark
 from trackd.eventlog.events import LoggedEvent
 from trackd.views import SQLiteViews
 
@@ -69,6 +69,8 @@ class Projector:
         on_applied: Called on the loop with the pending bytes that left memory.
         on_fatal: Called once on the loop when applying fails; the projector stops
             applying afterwards and fails every flush that waits or comes.
+        durable: How far the log is durable: a transaction commits only once it covers
+            the transaction's last event (None: everything submitted is durable already).
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class Projector:
         batch_events: int,
         on_applied: Callable[[int], None],
         on_fatal: Callable[[BaseException], None],
+        durable: DurableMark | None = None,
     ) -> None:
         self._views = views
+        self._durable = durable
         self._thread = views_thread
         self._batch = batch_events
         self._on_applied = on_applied
@@ -136,6 +140,8 @@ class Projector:
         except asyncio.CancelledError:
             self._abort = True
             self._queue.put(_STOP)
+            if self._durable is not None:  # a transaction waiting for a sync rolls back
+                self._durable.fail(RuntimeError("the repository is closing"))
             await asyncio.wait([done])
             raise
 
@@ -223,7 +229,12 @@ class Projector:
     def _apply(self, chunk: list[LoggedEvent]) -> None:
         """Apply one transaction."""
         t0 = time.perf_counter()
-        self._views.apply(chunk)
+        durable = self._durable
+        if durable is None:
+            self._views.apply(chunk)
+        else:
+            end = chunk[-1].end
+            self._views.apply(chunk, before_commit=lambda: durable.wait(end))
         elapsed = time.perf_counter() - t0
         self.apply_seconds += elapsed
         log.debug("applied %d events up to %d in %.1f ms", len(chunk), chunk[-1].end, elapsed * 1e3)

@@ -11,7 +11,8 @@ Imports ``trackd.eventlog``, ``trackd.views`` and its sibling daemon modules.
 Threads: the log is touched only by ``log_thread``, the SQLite connection only by
 ``views_thread``; both are single-thread executors, so no object is ever used from two
 threads at once. While the repository serves, the projector's loop occupies the views
-thread, and the log thread hands it each synced group directly.
+thread, and the log thread hands it each group directly, as soon as it is appended; the
+views commit a group only once its fdatasync returned (:class:`DurableMark`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from trackd.daemon.projector import Projector
 from trackd.daemon.settings import DaemonSettings
 from trackd.daemon.spool import SpoolWatcher
 from trackd.daemon.status import LatencyMeter, RateMeter
-from trackd.daemon.writer import Barrier, Batch, Writer
+from trackd.daemon.writer import Barrier, Batch, DurableMark, Writer
 from trackd.errors import AccessDeniedError, LockedError, TrackdError
 from trackd.eventlog.events import LoggedEvent
 from trackd.eventlog.layout import RepoLayout
@@ -120,12 +121,14 @@ class Repository:
         # The two parts of each flush: until its events are durable, then until applied.
         self.flush_sync_latency = LatencyMeter()
         self.flush_apply_latency = LatencyMeter()
+        durable = DurableMark(log_.synced_offset)
         self.writer = Writer(
             log_,
             log_thread,
             marks,
             max_wait=settings.group_commit_max_wait,
-            on_synced=self._synced,
+            durable=durable,
+            on_appended=self._appended,
             on_logged=self.rate.add,
             on_dropped=self.release,
             on_fatal=self._fatal,
@@ -134,6 +137,7 @@ class Repository:
             views,
             views_thread,
             applied_offset=checkpoint,
+            durable=durable,
             batch_events=settings.projector_batch_events,
             on_applied=self.release,
             on_fatal=self._fatal,
@@ -340,10 +344,10 @@ class Repository:
         self.writer.submit(barrier)
         return fut
 
-    def _synced(
+    def _appended(
         self, events: list[LoggedEvent], nbytes: int, barriers: list[tuple[int, Barrier]]
     ) -> None:
-        # On the log thread (see Writer's on_synced): only the thread-safe submit.
+        # On the log thread (see Writer's on_appended): only the thread-safe submit.
         self.projector.submit(events, nbytes, barriers)
 
     # -- memory budget ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -28,7 +29,15 @@ from trackd.eventlog.events import Event, LoggedEvent
 from trackd.eventlog.log import EventLog
 from trackd.eventlog.record import RECORD_HEADER_SIZE
 
-__all__ = ["EVENT_OVERHEAD", "AckSink", "Barrier", "Batch", "Writer", "memory_cost"]
+__all__ = [
+    "EVENT_OVERHEAD",
+    "AckSink",
+    "Barrier",
+    "Batch",
+    "DurableMark",
+    "Writer",
+    "memory_cost",
+]
 
 log = logging.getLogger("trackd.daemon.writer")
 
@@ -98,6 +107,55 @@ class Barrier:
     synced_at: float = 0.0
 
 
+class DurableMark:
+    """How far the log is durable, shared by the log thread and the views thread.
+
+    The writer hands each group to the projector as soon as it is appended, so that the
+    views apply it while the fdatasync runs; the projector then commits a transaction only
+    once :meth:`wait` says the log is durable past its last event. Projections so never run
+    ahead of the synced log.
+
+    Args:
+        offset: The durable end of the log to start from.
+    """
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+        self._failed: BaseException | None = None
+        self._cond = threading.Condition(threading.Lock())
+
+    @property
+    def offset(self) -> int:
+        """The log is durable up to here."""
+        return self._offset
+
+    def advance(self, offset: int) -> None:
+        """The log is durable up to ``offset`` (on the log thread, after a sync)."""
+        with self._cond:
+            if offset > self._offset:
+                self._offset = offset
+                self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        """Nothing more becomes durable: every waiter, now or later, gets ``exc``."""
+        with self._cond:
+            if self._failed is None:
+                self._failed = exc
+            self._cond.notify_all()
+
+    def wait(self, offset: int) -> None:
+        """Block until the log is durable up to ``offset``.
+
+        Raises:
+            BaseException: what :meth:`fail` was given, if the log failed first.
+        """
+        with self._cond:
+            while self._offset < offset:
+                if self._failed is not None:
+                    raise self._failed
+                self._cond.wait()
+
+
 class _Stop:
     """Queue sentinel: finish everything before it, then return."""
 
@@ -126,10 +184,12 @@ class Writer:
         log_thread: A single-thread executor dedicated to this log.
         marks: Highest durable client_seq per client id; updated after each sync.
         max_wait: Seconds to wait for more events after the first of a group.
-        on_synced: Called on the log thread after each sync with the logged events, their
+        durable: Advanced after each sync; the projector commits only what it covers.
+        on_appended: Called on the log thread with each group's logged events, their
             pending bytes, and the group's barriers, each with the number of those events
-            queued before it (the projector's input): the moment the fdatasync returns, or
-            at once for a group that logged nothing. It must be thread-safe.
+            queued before it (the projector's input): as soon as the group is appended,
+            before its fdatasync (see :class:`DurableMark`), or at once for a group that
+            logged nothing. It must be thread-safe.
         on_logged: Called on the loop with the number of events each group logged.
         on_dropped: Called on the loop with bytes of duplicates that never go to the
             projector.
@@ -143,7 +203,8 @@ class Writer:
         marks: dict[bytes, int],
         *,
         max_wait: float,
-        on_synced: Callable[[list[LoggedEvent], int, list[tuple[int, Barrier]]], None],
+        durable: DurableMark,
+        on_appended: Callable[[list[LoggedEvent], int, list[tuple[int, Barrier]]], None],
         on_logged: Callable[[int], None] = lambda n: None,
         on_dropped: Callable[[int], None],
         on_fatal: Callable[[BaseException], None],
@@ -155,7 +216,8 @@ class Writer:
         # ``marks`` only while a sync runs.
         self._appended = dict(marks)
         self._max_wait = max_wait
-        self._on_synced = on_synced
+        self._mark = durable
+        self._on_appended = on_appended
         self._on_logged = on_logged
         self._on_dropped = on_dropped
         self._on_fatal = on_fatal
@@ -224,6 +286,7 @@ class Writer:
             except Exception as e:
                 log.error("writing to the log failed: %s", e)
                 self.failed = e
+                self._mark.fail(e)
                 while True:
                     try:
                         items.append(q.get_nowait())
@@ -277,20 +340,32 @@ class Writer:
         if payloads:
             t0 = time.perf_counter()
             offsets = self._log.append(payloads)
-            end = self._log.end_offset
-            self._log.sync()
-            synced_at = time.perf_counter()
+            end = self.end_offset = self._log.end_offset
             # A record ends after its header and payload; the next one may start later,
             # after the header of a new segment file.
             logged = [
                 LoggedEvent(o, o + RECORD_HEADER_SIZE + len(p), ev)
                 for o, p, ev in zip(offsets, payloads, events, strict=True)
             ]
+            now = time.perf_counter()
             for before, barrier in barriers:
-                barrier.offset = logged[before - 1].end if before else before_group
-                barrier.synced_at = synced_at
-            self._on_synced(logged, new_bytes, barriers)
-            self.synced_offset = self.end_offset = end
+                if before:
+                    barrier.offset = logged[before - 1].end
+                else:  # nothing of this group before it: durable already
+                    barrier.offset, barrier.synced_at = before_group, now
+            # The views apply while the fdatasync runs; they commit once it returned.
+            self._on_appended(logged, new_bytes, barriers)
+            try:
+                self._log.sync()
+            except BaseException as e:
+                self._mark.fail(e)
+                raise
+            synced_at = time.perf_counter()
+            for before, barrier in barriers:
+                if before:
+                    barrier.synced_at = synced_at
+            self.synced_offset = end
+            self._mark.advance(end)
             self.stats.sync_seconds += synced_at - t0
             self.stats.groups += 1
             self.stats.events += len(events)
@@ -308,7 +383,7 @@ class Writer:
             for _before, barrier in barriers:
                 barrier.offset = before_group
                 barrier.synced_at = now
-            self._on_synced([], 0, barriers)
+            self._on_appended([], 0, barriers)
         self.stats.duplicates += dups
         if acks or batches or dup_bytes or new_bytes or events:
             self._post(

@@ -10,7 +10,7 @@ Imports: ``trackd.eventlog`` (events) and numpy.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -120,7 +120,12 @@ class ViewStore(ABC):
     """
 
     @abstractmethod
-    def apply(self, events: Sequence[LoggedEvent]) -> None:
+    def apply(
+        self,
+        events: Sequence[LoggedEvent],
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Project events into the views in one transaction, with the checkpoint.
 
         Events whose ``end`` is not past :attr:`checkpoint` were applied before and are
@@ -130,6 +135,11 @@ class ViewStore(ABC):
 
         Args:
             events: Consecutive logged events in log order.
+            before_commit: Called once the transaction holds everything and just before
+                it commits; an exception from it rolls the transaction back and propagates.
+                The daemon waits here until the events are durable in the log, so that
+                the work of applying overlaps the fdatasync but the views never run ahead
+                of the synced log.
 
         Raises:
             ViewsError: the backend failed; nothing of this call was applied.

@@ -828,7 +828,12 @@ class SQLiteViews(_Queries, ViewStore):
         """Offset of the last applied record (None for empty views)."""
         return self._last_offset
 
-    def apply(self, events: Sequence[LoggedEvent]) -> None:
+    def apply(
+        self,
+        events: Sequence[LoggedEvent],
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Project events in one transaction with the checkpoint; see :meth:`ViewStore.apply`.
 
         Batches of the same sequence within one call are merged into large chunks, so
@@ -849,6 +854,8 @@ class SQLiteViews(_Queries, ViewStore):
                 "UPDATE checkpoint SET end_offset = ?, last_offset = ? WHERE id = 1",
                 (last.end, last.offset),
             )
+            if before_commit is not None:
+                before_commit()
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
