@@ -25,9 +25,11 @@ measured in the same run.
 
    The floor under the same load: a third process, started with the probe, times what no
    trackd code can make faster, each every 5 ms while the load runs: one 32 KiB append plus
-   ``fdatasync`` to a file next to the repository (a flush needs at least one), and a
-   thread wake-up round trip (one thread sets an event, another wakes and sets one back;
-   two of the six or so wake-ups a flush needs across the SDK and the daemon).
+   ``fdatasync`` to a file next to the repository (a flush needs at least one); a
+   thread wake-up round trip (one thread sets an event, another wakes and sets one back);
+   and the least any flush needs end to end: a request over a socket pair to a process in
+   a session of its own (as the daemon runs), which appends 32 KiB, fdatasyncs and
+   answers, so two process wake-ups and one fdatasync, with no queue, apply or event loop.
 4. Peak RSS of the daemon (``VmHWM`` from ``/proc``) after all of it.
 
 The daemon runs in a session of its own, as ``trackd daemon start``, the SDK's auto-start
@@ -235,10 +237,33 @@ PROBE = """
 """
 
 
+FLOOR_SERVER = """
+    import os, socket, sys
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    data = os.urandom(32 << 10)
+    off = 0
+    while sock.recv(1):
+        os.pwrite(fd, data, off)
+        off += len(data)
+        os.fdatasync(fd)
+        sock.send(b"x")
+    os.close(fd)
+    os.unlink(sys.argv[2])
+"""
+
 FLOOR = """
-    import json, os, sys, threading, time
+    import json, os, socket, subprocess, sys, threading, time
     fd = os.open({path!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     data = os.urandom(32 << 10)
+    # The least any flush needs: a request wakes a process in a session of its own (as the
+    # daemon runs), which writes, fdatasyncs and answers, waking the caller.
+    ours, theirs = socket.socketpair()
+    server = subprocess.Popen(
+        [sys.executable, "-c", {server!r}, str(theirs.fileno()), {path!r} + ".rpc"],
+        pass_fds=(theirs.fileno(),), start_new_session=True,
+    )
+    theirs.close()
     ping, pong = threading.Event(), threading.Event()
     def echo():
         while True:
@@ -250,7 +275,7 @@ FLOOR = """
     os.read({gate}, 1)
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-    sync, wake = [], []
+    sync, wake, rpc = [], [], []
     off = 0
     while not stop.is_set():
         os.pwrite(fd, data, off)
@@ -261,12 +286,18 @@ FLOOR = """
         ping.set()
         pong.wait()
         pong.clear()
+        c = time.perf_counter()
+        ours.send(b"x")
+        ours.recv(1)
         sync.append(b - a)
-        wake.append(time.perf_counter() - b)
+        wake.append(c - b)
+        rpc.append(time.perf_counter() - c)
         time.sleep(0.005)
+    ours.close()
+    server.wait()
     os.close(fd)
     os.unlink({path!r})
-    print(json.dumps({{"sync": sync, "wake": wake}}), flush=True)
+    print(json.dumps({{"sync": sync, "wake": wake, "rpc": rpc}}), flush=True)
 """
 
 
@@ -275,6 +306,7 @@ _POOLED: list[float] = []
 #: The floor under the same loads: fdatasync alone, and a thread wake-up round trip.
 _FLOOR_SYNC: list[float] = []
 _FLOOR_WAKE: list[float] = []
+_FLOOR_RPC: list[float] = []
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -309,7 +341,8 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
     workers = [_py(code, d.env, pass_fds=(gate,)) for _ in range(procs)]
     probe = _py(PROBE.format(repo=str(repo), seconds=120.0, gate=gate), d.env, pass_fds=(gate,))
     floor_file = repo.parent / f"{repo.name}.floor"
-    floor = _py(FLOOR.format(path=str(floor_file), gate=gate), d.env, pass_fds=(gate,))
+    floor_code = FLOOR.format(path=str(floor_file), gate=gate, server=textwrap.dedent(FLOOR_SERVER))
+    floor = _py(floor_code, d.env, pass_fds=(gate,))
     os.close(gate)
     for p in [*workers, probe, floor]:
         assert p.stdout is not None
@@ -323,6 +356,7 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
     fl = json.loads(floor.communicate("\n", timeout=600)[0])
     _FLOOR_SYNC.extend(fl["sync"])
     _FLOOR_WAKE.extend(fl["wake"])
+    _FLOOR_RPC.extend(fl["rpc"])
     elapsed = max(s["end"] for s in spans) - min(s["start"] for s in spans)
     points = 3 * steps * procs
     in_daemon = d.flush_ms(repo)
@@ -446,6 +480,18 @@ def main() -> None:
         (
             "floor, same loads: thread wake round trip, p99",
             _pct(_FLOOR_WAKE, 0.99) * 1000,
+            "ms",
+            None,
+        ),
+        (
+            "floor, same loads: request, fdatasync, reply, p50",
+            _pct(_FLOOR_RPC, 0.5) * 1000,
+            "ms",
+            None,
+        ),
+        (
+            "floor, same loads: request, fdatasync, reply, p99",
+            _pct(_FLOOR_RPC, 0.99) * 1000,
             "ms",
             None,
         ),
