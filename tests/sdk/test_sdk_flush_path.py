@@ -4,6 +4,7 @@ when the flusher is mid-step; many threads flushing at once all get their answer
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import trackd
-from trackd.sdk.client import Client, get_client
-from trackd.wire.protocol import Reply
+from trackd.sdk.client import Client, _Conn, get_client
+from trackd.wire.protocol import Ack, Reply, Welcome, encode_message
 
 if TYPE_CHECKING:
     from conftest import DaemonProc
@@ -43,6 +44,22 @@ def _live_run(repo_path: Path) -> tuple[trackd.Run, Client]:
     return run, client
 
 
+def _flusher_idle(client: Client) -> None:
+    """Wait until the flusher has taken the last reply from its inbox and is between steps.
+
+    A reply read on the calling thread still wakes the flusher to do its bookkeeping; a
+    flush that starts during that step is left to the flusher (the next test), which on a
+    busy machine happens often enough to make back-to-back flushes take either path.
+    """
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not client._inbox and client._step_lock.acquire(blocking=False):
+            client._step_lock.release()
+            return
+        time.sleep(0.001)
+    raise AssertionError("the flusher did not go idle within 10 s")
+
+
 def test_a_flush_is_sent_and_answered_on_the_calling_thread(
     daemon: DaemonProc, repo_path: Path, reply_readers: list[str]
 ) -> None:
@@ -50,6 +67,7 @@ def test_a_flush_is_sent_and_answered_on_the_calling_thread(
     reply_readers.clear()
     for i in range(5):
         run.track(float(i), "m", i)
+        _flusher_idle(client)
         client.flush()
     assert reply_readers == [threading.current_thread().name] * 5
     # Everything tracked before each barrier was durable and applied when it returned.
@@ -116,3 +134,30 @@ def test_many_threads_flushing_at_once_all_get_their_answers(
     for k in range(6):
         assert [s for s, _v in container.sequences[f"m{k}"].items()] == list(range(per_thread))
     run.close()
+
+
+def test_the_reader_keeps_the_link_when_a_caller_read_what_woke_it(tmp_path: Path) -> None:
+    """The reader thread polls without the read lock. When data wakes it but a flushing
+    caller (holding the lock) reads it first and is gone by the time the reader gets the
+    lock, the reader must look again, not block in recv() (the socket has a timeout, so
+    recv waits for data whatever its flags) and then report the connection lost."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(0.5)  # as the client's connections have
+    client = Client(tmp_path)
+    conn = _Conn(ours, Welcome(daemon_pid=1, max_frame=1 << 20, hwm=0))
+    client._conn = conn
+    reader = threading.Thread(target=client._reader, args=(conn,), daemon=True)
+    try:
+        with client._read_lock:  # a caller reading the socket
+            reader.start()
+            time.sleep(0.1)  # the reader polls
+            theirs.sendall(encode_message(Ack(seq=7)))
+            time.sleep(0.1)  # ...wakes, and waits for the lock
+            assert ours.recv(1 << 16)  # the caller takes the data
+        time.sleep(1.0)  # longer than the socket timeout
+        assert reader.is_alive()
+        assert [item for item in client._inbox if item[0] == "lost"] == []
+    finally:
+        client._conn = None
+        theirs.close()
+        reader.join(5)

@@ -464,62 +464,65 @@ class Client:
             return False
         if not self._step_lock.acquire(blocking=False):
             return False
-        try:
-            if self._conn is not conn or not _writable(conn.sock):
-                return False
-            self._drain_now = True
-            self._step()
-        except Exception:  # as in the flusher: the data stays queued, the flusher goes on
-            log.exception("trackd: sending a flush from the calling thread failed")
-            return False
-        finally:
-            self._step_lock.release()
-        if self._conn is not conn:
-            return False  # lost while sending: the flusher reconnects and sends it again
-        self._read_until(conn, w, deadline)
-        return True
-
-    def _read_until(self, conn: _Conn, w: _Waiter, deadline: float) -> None:
-        """Read ``conn`` on this thread until ``w`` is resolved; the reader stands aside."""
+        # The reader stands aside before the barrier goes out, so that it cannot take the
+        # reply while this thread is between sending and reading.
         with self._read_lock:
             self._callers_reading += 1
         try:
-            poller = select.poll()
             try:
-                poller.register(conn.sock, select.POLLIN)
-            except (OSError, ValueError):
-                return  # closed meanwhile: the connection is lost, the flusher takes over
-            while not w.done.is_set() and self._conn is conn:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                with self._read_lock:
-                    if w.done.is_set():
-                        return
-                    if not poller.poll(min(left, 0.05) * 1000):
-                        continue
-                    try:
-                        data = conn.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-                        if data:
-                            self._consume(conn, data)
-                    except BlockingIOError:
-                        continue
-                    except Exception as e:
-                        # As the reader does: the connection is lost. Shutting it down
-                        # ends the reader, which closes it.
-                        if not isinstance(e, OSError | TrackdError):
-                            log.exception("trackd: reading a flush reply failed")
-                        self._inbox.append(("lost", conn, f"reading failed: {e}"))
-                        self._wake.set()
-                        with contextlib.suppress(OSError):
-                            conn.sock.shutdown(socket.SHUT_RDWR)
-                        return
-                    if not data:
-                        return  # the daemon closed it: the reader reads the same end
+                if self._conn is not conn or not _writable(conn.sock):
+                    return False
+                self._drain_now = True
+                self._step()
+            except Exception:  # as in the flusher: the data stays queued, the flusher goes on
+                log.exception("trackd: sending a flush from the calling thread failed")
+                return False
+            finally:
+                self._step_lock.release()
+            if self._conn is not conn:
+                return False  # lost while sending: the flusher reconnects and sends it again
+            self._read_until(conn, w, deadline)
+            return True
         finally:
             with self._read_lock:
                 self._callers_reading -= 1
             self._reader_resume.set()
+
+    def _read_until(self, conn: _Conn, w: _Waiter, deadline: float) -> None:
+        """Read ``conn`` on this thread until ``w`` is resolved (the caller has made the
+        reader stand aside)."""
+        poller = select.poll()
+        try:
+            poller.register(conn.sock, select.POLLIN)
+        except (OSError, ValueError):
+            return  # closed meanwhile: the connection is lost, the flusher takes over
+        while not w.done.is_set() and self._conn is conn:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with self._read_lock:
+                if w.done.is_set():
+                    return
+                if not poller.poll(min(left, 0.05) * 1000):
+                    continue
+                try:
+                    data = conn.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                    if data:
+                        self._consume(conn, data)
+                except BlockingIOError:
+                    continue
+                except Exception as e:
+                    # As the reader does: the connection is lost. Shutting it down
+                    # ends the reader, which closes it.
+                    if not isinstance(e, OSError | TrackdError):
+                        log.exception("trackd: reading a flush reply failed")
+                    self._inbox.append(("lost", conn, f"reading failed: {e}"))
+                    self._wake.set()
+                    with contextlib.suppress(OSError):
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+                    return
+                if not data:
+                    return  # the daemon closed it: the reader reads the same end
 
     def _outstanding(self) -> int:
         return len(self._unacked) + len(self._pending) + len(self.buf)
@@ -1179,11 +1182,14 @@ class Client:
                     pass
                 else:
                     with self._read_lock:
-                        if self._callers_reading:
+                        # A flushing caller may have read what woke us: look again under
+                        # the lock. (The socket has a send timeout, so recv() would wait
+                        # for data, MSG_DONTWAIT or not, and then report a lost link.)
+                        if self._callers_reading or not poller.poll(0):
                             continue
                         try:
                             data = sock.recv(1 << 16, socket.MSG_DONTWAIT)
-                        except BlockingIOError:  # a caller took it first
+                        except BlockingIOError:
                             continue
                         if not data:
                             break
@@ -1270,9 +1276,13 @@ def _values_array(values: list[Any]) -> Any:
 
 
 def _writable(sock: socket.socket) -> bool:
-    """True when ``sock`` can take bytes now (a stalled daemon leaves its buffer full)."""
+    """True when ``sock`` can take bytes now (a stalled daemon leaves its buffer full);
+    False when it was closed meanwhile (the connection was lost)."""
     poller = select.poll()
-    poller.register(sock, select.POLLOUT)
+    try:
+        poller.register(sock, select.POLLOUT)
+    except (OSError, ValueError):
+        return False
     return bool(poller.poll(0))
 
 
