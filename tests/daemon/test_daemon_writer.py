@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,20 +22,30 @@ def _batch(client: bytes, seqs: range) -> Batch:
     return Batch(list(events), payloads, sum(memory_cost(p) for p in payloads))
 
 
+def _writer(
+    elog: EventLog,
+    pool: ThreadPoolExecutor,
+    on_appended: Callable[[list[LoggedEvent], int, list[tuple[int, Barrier]]], None],
+    durable: DurableMark | None = None,
+) -> Writer:
+    """A writer with no group-commit wait whose drops and failures go nowhere."""
+    return Writer(
+        elog,
+        pool,
+        {},
+        max_wait=0.0,
+        durable=durable or DurableMark(elog.synced_offset),
+        on_appended=on_appended,
+        on_dropped=lambda nb: None,
+        on_fatal=lambda e: None,
+    )
+
+
 async def _one_group(tmp_path: Path, items: list[Batch | Barrier]) -> list[Synced]:
     """Queue ``items`` before the writer starts, so that they form one group."""
     synced: list[Synced] = []
     with EventLog.open(tmp_path / "log") as elog, ThreadPoolExecutor(1) as pool:
-        w = Writer(
-            elog,
-            pool,
-            {},
-            max_wait=0.0,
-            durable=DurableMark(elog.synced_offset),
-            on_appended=lambda ev, nb, bs: synced.append((ev, nb, bs)),
-            on_dropped=lambda nb: None,
-            on_fatal=lambda e: None,
-        )
+        w = _writer(elog, pool, lambda ev, nb, bs: synced.append((ev, nb, bs)))
         for item in items:
             w.submit(item)
         w.stop()
@@ -91,16 +102,7 @@ def test_group_is_handed_over_on_the_log_thread_before_its_sync(tmp_path: Path) 
             def on_appended(ev: list[LoggedEvent], nb: int, bs: list[tuple[int, Barrier]]) -> None:
                 seen.append((threading.current_thread().name, ev[-1].end, mark.offset))
 
-            w = Writer(
-                elog,
-                pool,
-                {},
-                max_wait=0.0,
-                durable=mark,
-                on_appended=on_appended,
-                on_dropped=lambda nb: None,
-                on_fatal=lambda e: None,
-            )
+            w = _writer(elog, pool, on_appended, mark)
             w.submit(_batch(b"a" * 16, range(1, 4)))
             w.stop()
             await asyncio.wait_for(w.run(), 10)
@@ -153,16 +155,7 @@ def test_groups_are_written_while_the_loop_is_busy_and_acked_on_the_loop(tmp_pat
 
     async def scenario() -> None:
         with EventLog.open(tmp_path / "log") as elog, ThreadPoolExecutor(1) as pool:
-            w = Writer(
-                elog,
-                pool,
-                {},
-                max_wait=0.0,
-                durable=DurableMark(elog.synced_offset),
-                on_appended=lambda ev, nb, bs: handed.set(),
-                on_dropped=lambda nb: None,
-                on_fatal=lambda e: None,
-            )
+            w = _writer(elog, pool, lambda ev, nb, bs: handed.set())
             task = asyncio.create_task(w.run())
             await asyncio.sleep(0)  # the writer starts (in the daemon, when the repo opens)
             batch = _batch(b"a" * 16, range(1, 4))

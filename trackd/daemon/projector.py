@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Final
 
-from trackd.daemon.writer import Barrier, DurableMark
+from trackd.daemon.writer import Barrier, DurableMark, run_on_thread
 from trackd.eventlog.events import LoggedEvent
 from trackd.views import SQLiteViews
 
@@ -133,17 +133,14 @@ class Projector:
         Cancelling it (a fatal stop) makes the views thread stop at once, applying nothing
         more, and still waits for it to let go of the views.
         """
-        loop = self._loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._thread, self._main)
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            self._abort = True
-            self._queue.put(_STOP)
-            if self._durable is not None:  # a transaction waiting for a sync rolls back
-                self._durable.fail(RuntimeError("the repository is closing"))
-            await asyncio.wait([done])
-            raise
+        self._loop = asyncio.get_running_loop()
+        await run_on_thread(self._thread, self._main, self._cancel)
+
+    def _cancel(self) -> None:
+        self._abort = True
+        self._queue.put(_STOP)
+        if self._durable is not None:  # a transaction waiting for a sync rolls back
+            self._durable.fail(RuntimeError("the repository is closing"))
 
     # -- on the views thread ---------------------------------------------------------------
 

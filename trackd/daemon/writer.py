@@ -37,6 +37,7 @@ __all__ = [
     "DurableMark",
     "Writer",
     "memory_cost",
+    "run_on_thread",
 ]
 
 log = logging.getLogger("trackd.daemon.writer")
@@ -257,15 +258,12 @@ class Writer:
         Cancelling it (a fatal stop) makes the log thread stop after the group it is
         writing, and still waits for it to let go of the log.
         """
-        loop = self._loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._thread, self._main)
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            self._abort = True
-            self._queue.put(STOP)
-            await asyncio.wait([done])
-            raise
+        self._loop = asyncio.get_running_loop()
+        await run_on_thread(self._thread, self._main, self._cancel)
+
+    def _cancel(self) -> None:
+        self._abort = True
+        self._queue.put(STOP)
 
     # -- on the log thread -----------------------------------------------------------------
 
@@ -429,6 +427,24 @@ class Writer:
             if (f := _future_of(item)) and not f.done():
                 f.set_exception(exc)
         self._on_fatal(exc)
+
+
+async def run_on_thread(
+    executor: Executor, main: Callable[[], None], on_cancel: Callable[[], None]
+) -> None:
+    """Run ``main`` on ``executor`` until it returns (a loop that owns that thread).
+
+    When the awaiting task is cancelled, ``on_cancel`` (on the loop) must make ``main``
+    return soon; the thread is still waited for, so that whoever closes the log or the
+    views after this never does it under a running loop, and the cancellation propagates.
+    """
+    done = asyncio.get_running_loop().run_in_executor(executor, main)
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        on_cancel()
+        await asyncio.wait([done])
+        raise
 
 
 def _future_of(item: Batch | Barrier) -> asyncio.Future[int] | None:
