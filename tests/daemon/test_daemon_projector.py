@@ -296,3 +296,42 @@ def test_a_failed_sync_fails_the_waiting_flush_and_commits_nothing() -> None:
         asyncio.run(main())
     assert views.calls == []
     assert [type(e) for e in fatal] == [OSError]
+
+
+def test_cancelling_rolls_back_a_transaction_waiting_for_its_sync_without_a_fatal() -> None:
+    """A fatal stop elsewhere (or a drain that timed out) cancels the projector: a
+    transaction waiting for a sync that will not come rolls back, and that is not reported
+    as a failure of the views."""
+    views = FakeViews()
+    mark = DurableMark(0)
+    fatal: list[BaseException] = []
+    outcome: list[str] = []
+
+    async def main(pool: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        p = Projector(
+            views,  # type: ignore[arg-type]
+            pool,
+            applied_offset=0,
+            batch_events=100,
+            on_applied=lambda n: None,
+            on_fatal=fatal.append,
+            durable=mark,
+        )
+        task = asyncio.create_task(p.run())
+        await asyncio.sleep(0)
+        p.submit([_plain(0)], 0, [])
+        assert await loop.run_in_executor(None, views.entered.wait, 10)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 10)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+        await asyncio.sleep(0.1)  # anything the views thread posted has run
+        assert p.applied_offset == 0
+
+    with ThreadPoolExecutor(1) as pool:
+        asyncio.run(main(pool))
+    assert outcome == ["cancelled"]
+    assert views.calls == []
+    assert fatal == []

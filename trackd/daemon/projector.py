@@ -209,6 +209,8 @@ class Projector:
             try:
                 self._apply(chunk)
             except Exception as e:
+                if self._abort:  # a transaction waiting for its sync, rolled back on abort
+                    return
                 log.error("applying to the views failed: %s", e)
                 self.failed = e
                 self._post_failure(waits)
