@@ -17,7 +17,7 @@ from rawclient import (
     sequence_count,
 )
 
-from trackd.wire import PROTOCOL_VERSION, Ack, Reply, Welcome
+from trackd.wire import PROTOCOL_VERSION, Ack, Reply, Request, Welcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -175,3 +175,28 @@ def test_acks_are_cumulative_per_connection(
         assert isinstance(msg, Ack), msg
         seen.append(msg.seq)
     assert seen == sorted(set(seen))
+
+
+def test_a_flush_reply_comes_after_the_acks_of_what_preceded_it(
+    daemon, connect: ClientFactory, repo_path: Path
+) -> None:
+    """The writer queues a group's acks before the views may commit it, so a client reads
+    the Ack of everything it sent before a flush before that flush's Reply."""
+    c = connect()
+    c.welcome(repo_path)
+    stream = point_stream(c.client_id, "run1", "loss", 60, per_event=1)
+    for seq, event in enumerate(stream, start=1):
+        c.append([event])
+        c.next_id += 1
+        c.send(Request(id=c.next_id, op="flush", args={}))
+        seen: list[str] = []
+        while not seen or seen[-1] != "reply":
+            msg = c.recv()
+            if isinstance(msg, Ack):
+                seen.append(f"ack {msg.seq}")
+            else:
+                assert isinstance(msg, Reply), msg
+                assert msg.id == c.next_id
+                seen.append("reply")
+        assert f"ack {seq}" in seen, f"round {seq}: {seen}"
+    assert sequence_count(repo_path, "run1", "loss") == 60

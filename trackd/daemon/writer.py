@@ -363,6 +363,9 @@ class Writer:
                 if before:
                     barrier.synced_at = synced_at
             self.synced_offset = end
+            # The acks are queued on the loop before the views may commit (and answer a
+            # flush): a client hears of its events' durability before a flush reply.
+            self._post_durable(group_marks, acks, batches, dup_bytes, len(events))
             self._mark.advance(end)
             self.stats.sync_seconds += synced_at - t0
             self.stats.groups += 1
@@ -375,23 +378,28 @@ class Writer:
                 end,
                 (synced_at - t0) * 1e3,
             )
-        elif barriers:
-            # Nothing new to log: everything before these barriers is durable already.
-            now = time.perf_counter()
-            for _before, barrier in barriers:
-                barrier.offset = before_group
-                barrier.synced_at = now
-            self._on_appended([], 0, barriers)
+        else:
+            # Nothing new to log (duplicates at most): everything before is durable already.
+            self._post_durable(group_marks, acks, batches, dup_bytes + new_bytes, 0)
+            if barriers:
+                now = time.perf_counter()
+                for _before, barrier in barriers:
+                    barrier.offset = before_group
+                    barrier.synced_at = now
+                self._on_appended([], 0, barriers)
         self.stats.duplicates += dups
-        if acks or batches or dup_bytes or new_bytes or events:
+
+    def _post_durable(
+        self,
+        group_marks: dict[bytes, int],
+        acks: dict[AckSink, int],
+        batches: list[Batch],
+        dropped: int,
+        logged: int,
+    ) -> None:
+        if acks or batches or dropped or logged:
             self._post(
-                self._durable,
-                group_marks,
-                acks,
-                batches,
-                self.synced_offset,
-                dup_bytes + (0 if payloads else new_bytes),
-                len(events),
+                self._durable, group_marks, acks, batches, self.synced_offset, dropped, logged
             )
 
     def _post(self, callback: Callable[..., None], *args: object) -> None:
