@@ -52,10 +52,6 @@ APPLY_INTERVAL: Final = 0.025
 
 _Item = tuple[list[LoggedEvent], int, list[tuple[int, Barrier]]] | _Stop
 
-#: What the views thread hands the event loop after a transaction: the barriers it answers
-#: and the pending bytes it released.
-_Answer = tuple[list[Barrier], int]
-
 
 class Projector:
     """Applies what the writer made durable, in order, in transactions of many events.
