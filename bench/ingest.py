@@ -469,31 +469,14 @@ def main() -> None:
         ("  of it in the daemon, p99 (median of loads)", med["flush_daemon_p99_ms"], "ms", None),
         ("    until durable, p99", med["flush_daemon_sync_p99_ms"], "ms", None),
         ("    then until applied, p99", med["flush_daemon_apply_p99_ms"], "ms", None),
-        ("floor, same loads: fdatasync 32 KiB, p50", _pct(_FLOOR_SYNC, 0.5) * 1000, "ms", None),
-        ("floor, same loads: fdatasync 32 KiB, p99", _pct(_FLOOR_SYNC, 0.99) * 1000, "ms", None),
-        (
-            "floor, same loads: thread wake round trip, p50",
-            _pct(_FLOOR_WAKE, 0.5) * 1000,
-            "ms",
-            None,
-        ),
-        (
-            "floor, same loads: thread wake round trip, p99",
-            _pct(_FLOOR_WAKE, 0.99) * 1000,
-            "ms",
-            None,
-        ),
-        (
-            "floor, same loads: request, fdatasync, reply, p50",
-            _pct(_FLOOR_RPC, 0.5) * 1000,
-            "ms",
-            None,
-        ),
-        (
-            "floor, same loads: request, fdatasync, reply, p99",
-            _pct(_FLOOR_RPC, 0.99) * 1000,
-            "ms",
-            None,
+        *(
+            (f"floor, same loads: {what}, {name}", _pct(samples, q) * 1000, "ms", None)
+            for what, samples in (
+                ("fdatasync 32 KiB", _FLOOR_SYNC),
+                ("thread wake round trip", _FLOOR_WAKE),
+                ("request, fdatasync, reply", _FLOOR_RPC),
+            )
+            for name, q in (("p50", 0.5), ("p99", 0.99))
         ),
         ("daemon peak RSS (VmHWM) after the repeats", rss, "MB", "daemon_rss_mb"),
         (f"  after {len(extra)} more loads, one new repository each", rss_after, "MB", None),
