@@ -9,9 +9,13 @@ Encoding of one event (the payload of one log record)::
     msgpack array [type: str, version: int, client_id: bin(16), client_seq: int,
                    client_time: float, body: map]
 
-The log assigns offsets; events do not carry them. Point batches are columnar: ``steps`` is a
-packed little-endian int64 array, ``values`` a packed array of ``value_dtype`` (``<f8``,
-``<i8``) or, for ``value_dtype == "msgpack"``, a msgpack array of arbitrary values.
+The log assigns offsets; events do not carry them. Point batches are columnar. In memory
+``steps`` is a packed little-endian int64 array, ``values`` a packed array of ``value_dtype``
+(``<f8``, ``<i8``) or, for ``value_dtype == "msgpack"``, a msgpack array of arbitrary values.
+Encoded (``sequence.appended`` version 2), ``steps``, ``timestamps`` and the ``axis`` columns
+are compact columns of :mod:`trackd.eventlog.columns`: a training loop's steps take a few
+bytes per batch and its timestamps one or two bytes per point instead of eight, which halves
+what the log and the wire carry. Version 1 bodies (packed columns) are upcast on read.
 
 Versioning events (tensor blobs, staging, commits, branches) will register their own
 ``type`` strings under the ``"vc."`` prefix; the codec and the views dispatch on ``TYPE``.
@@ -29,6 +33,13 @@ import numpy as np
 import numpy.typing as npt
 
 from trackd.errors import EventError, UnknownEventError
+from trackd.eventlog.columns import (
+    ColumnError,
+    decode_f64,
+    decode_i64,
+    encode_f64,
+    encode_i64,
+)
 
 __all__ = [
     "CLIENT_ID_BYTES",
@@ -187,6 +198,7 @@ class SequenceAppended(Event):
     """
 
     TYPE: ClassVar[str] = "sequence.appended"
+    VERSION: ClassVar[int] = 2
 
     container: str
     name: str
@@ -196,6 +208,18 @@ class SequenceAppended(Event):
     value_dtype: str = "<f8"
     timestamps: bytes | None = None
     axis: Mapping[str, bytes] | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The body with ``steps``, ``timestamps`` and ``axis`` as compact columns."""
+        out = Event.body(self)  # slots=True dataclasses break zero-argument super()
+        out["steps"] = encode_i64(np.frombuffer(self.steps, dtype=STEP_DTYPE))
+        if self.timestamps is not None:
+            out["timestamps"] = encode_f64(np.frombuffer(self.timestamps, dtype=TIME_DTYPE))
+        if self.axis is not None:
+            out["axis"] = {
+                k: encode_f64(np.frombuffer(v, dtype=TIME_DTYPE)) for k, v in self.axis.items()
+            }
+        return out
 
     @property
     def count(self) -> int:
@@ -444,7 +468,59 @@ def _thaw(cls: type[Event], body: dict[str, Any]) -> dict[str, Any]:
         out["value"] = _lists(out["value"])
     if "path" in out and isinstance(out["path"], list):
         out["path"] = tuple(out["path"])
+    if cls is SequenceAppended:
+        _thaw_columns(out)
     return out
+
+
+def _thaw_columns(body: dict[str, Any]) -> None:
+    """Expand a version 2 point batch's compact columns into packed arrays, in place.
+
+    Every column may hold at most as many values as ``values`` has bytes (each value takes at
+    least one), so hostile counts cannot make this allocate more than a few times the frame.
+    """
+    etype = SequenceAppended.TYPE
+    values = body.get("values")
+    if not isinstance(values, bytes):
+        raise EventError(f"{etype}: values must be bytes")
+    bound = len(values)
+
+    def expand(what: str, col: Any, decode: Callable[..., npt.NDArray[Any]]) -> bytes:
+        if not isinstance(col, bytes):
+            raise EventError(f"{etype}: {what} must be an encoded column (bytes)")
+        try:
+            return decode(col, bound).tobytes()
+        except ColumnError as e:
+            raise EventError(f"{etype}: {what}: {e}") from None
+
+    body["steps"] = expand("steps", body.get("steps"), decode_i64)
+    if body.get("timestamps") is not None:
+        body["timestamps"] = expand("timestamps", body["timestamps"], decode_f64)
+    if body.get("axis") is not None:
+        body["axis"] = {k: expand(f"axis {k!r}", v, decode_f64) for k, v in body["axis"].items()}
+
+
+@register_upcaster(SequenceAppended.TYPE, 1)
+def _sequence_appended_v1(body: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 carried packed columns; frame them as raw compact columns."""
+
+    def frame(what: str, col: Any) -> Any:
+        if not isinstance(col, bytes):
+            return col  # the version 2 checks name the problem
+        if len(col) % 8:
+            raise EventError(
+                f"{SequenceAppended.TYPE}: {what} must be packed 8-byte values, got {len(col)} "
+                "bytes"
+            )
+        return encode_i64(np.frombuffer(col, dtype=STEP_DTYPE))
+
+    body["steps"] = frame("steps", body.get("steps"))
+    if body.get("timestamps") is not None:
+        body["timestamps"] = frame("timestamps", body["timestamps"])
+    axis = body.get("axis")
+    if isinstance(axis, dict):
+        body["axis"] = {k: frame(f"axis {k!r}", v) for k, v in axis.items()}
+    return body
 
 
 def _lists(v: Any) -> Any:
