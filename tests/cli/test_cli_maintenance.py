@@ -88,7 +88,8 @@ def test_a_damaged_chunk_is_reported_by_verify_and_rebuilt_by_the_next_daemon(
     assert daemon.stop() == 0
     db = sqlite3.connect(populated.root / ".trackd" / "views.db")
     with db:
-        # Step 3 of alpha's epoch metric becomes step 1027, as a flipped bit would make it.
+        # Alpha's epoch metric's steps start at 1024 instead of 0, as a flipped bit in the
+        # first step of its (compact, arithmetic) steps column would make them.
         (sid,) = db.execute(
             "SELECT id FROM sequences WHERE container = ? AND name = 'epoch'", (ALPHA,)
         ).fetchone()
@@ -96,7 +97,7 @@ def test_a_damaged_chunk_is_reported_by_verify_and_rebuilt_by_the_next_daemon(
             "SELECT steps FROM sequence_chunks WHERE sequence_id = ?", (sid,)
         ).fetchone()
         bad = bytearray(steps)
-        bad[3 * 8 + 1] ^= 0x04
+        bad[5 + 1] ^= 0x04  # after the column's kind byte and count
         db.execute("UPDATE sequence_chunks SET steps = ? WHERE sequence_id = ?", (bad, sid))
     db.close()
 

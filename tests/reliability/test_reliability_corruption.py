@@ -319,35 +319,43 @@ def test_damaged_views_file_is_rebuilt_from_the_log(
 
 
 def _chunk_blob_position(path: Path) -> int:
-    """Where the packed steps 100..107 of the pristine log's loss sequence lie in views.db."""
-    pattern = np.arange(100, 108, dtype="<i8").tobytes()
+    """Where the packed values of steps 100..107 of the pristine log's loss sequence lie in
+    views.db (values are stored as packed float64; steps as a compact column)."""
+    pattern = (np.arange(100, 108, dtype="<i8") * 0.25).tobytes()
     pos = path.read_bytes().find(pattern)
-    assert pos > 0, "the steps BLOB of a chunk must be stored in the file as they are"
+    assert pos > 0, "the values BLOB of a chunk must be stored in the file as they are"
     return pos
 
 
 def test_flipped_bit_in_a_chunk_blob_is_detected(
     pristine_log: tuple[Path, list[LogRecordInfo]], tmp_path: Path
 ) -> None:
-    """A flipped bit inside a chunk's steps BLOB makes the views be rebuilt (equal a rebuild)."""
+    """A flipped bit inside a chunk's values BLOB makes the views be rebuilt (equal a
+    rebuild)."""
     src, _records = pristine_log
     dot = tmp_path / ".trackd"
     shutil.copytree(src, dot)
     views_path = dot / VIEWS_FILE
     data = bytearray(views_path.read_bytes())
-    data[_chunk_blob_position(views_path) + 9] ^= 0x04  # step 101 becomes 1125
+    data[_chunk_blob_position(views_path) + 14] ^= 0x04  # the value at step 101 changes
     views_path.write_bytes(bytes(data))
     live, rebuilt = _views_after(dot, tmp_path)
     assert live == rebuilt
 
 
-def test_truncated_views_file_is_detected(
-    pristine_log: tuple[Path, list[LogRecordInfo]], tmp_path: Path
-) -> None:
-    """A views.db cut short by half a page makes the views be rebuilt (equal a rebuild)."""
-    src, _records = pristine_log
+def test_truncated_views_file_is_detected(tmp_path: Path) -> None:
+    """A views.db cut short by half a page makes the views be rebuilt (equal a rebuild).
+
+    The log holds one long metric, so that the file ends in pages of a chunk's values: SQLite
+    reads the missing half as zeros and its own check passes, only the chunk checksum sees it.
+    """
     dot = tmp_path / ".trackd"
-    shutil.copytree(src, dot)
+    m = EventMaker()
+    with EventLog.open(dot / "log", segment_size=6000) as log:
+        for g in [[m.created()], [m.points(6000)], [m.finished()]]:
+            log.append(g)
+            log.sync()
+        open_views(dot, log).close()
     views_path = dot / VIEWS_FILE
     size = views_path.stat().st_size
     with open(views_path, "r+b") as f:

@@ -15,6 +15,7 @@ import pytest
 from views_helpers import CID, OTHER_CID, appended, dump
 
 from trackd.errors import LogError, NotFoundError, ViewsCorruptedError, ViewsError
+from trackd.eventlog.columns import encode_i64
 from trackd.eventlog.events import (
     ContainerCreated,
     Event,
@@ -266,12 +267,14 @@ def test_newer_schema_is_rebuilt(dot: Path, log: EventLog) -> None:
     conn.close()
 
 
-def _flip_a_step(path: Path, step: int) -> None:
-    """Flip one bit of the packed step ``step`` inside views.db, as a bad sector would."""
+def _flip_a_step(path: Path, count: int) -> None:
+    """Flip one bit of the stored steps column of the chunk holding steps 0 .. count-1
+    inside views.db, as a bad sector would."""
     data = bytearray(path.read_bytes())
-    pos = data.find(np.arange(step, step + 4, dtype="<i8").tobytes())
-    assert pos > 0, "the steps BLOB must be stored in the file as it is"
-    data[pos + 1] ^= 0x10
+    column = encode_i64(np.arange(count))
+    pos = data.find(column)
+    assert pos > 0, "the steps column must be stored in the file as it is"
+    data[pos + 5] ^= 0x10  # a bit of its first step (after the kind byte and the count)
     path.write_bytes(bytes(data))
 
 
@@ -280,7 +283,7 @@ def test_a_chunk_failing_its_checksum_is_refused_to_readers(dot: Path, log: Even
     ViewsCorruptedError naming the chunk, instead of returning a wrong step."""
     Writer(log).write(*run_events(40))
     open_views(dot, log).close()
-    _flip_a_step(dot / "views.db", 10)
+    _flip_a_step(dot / "views.db", 40)
     conn = sqlite3.connect(dot / "views.db")
     assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
     conn.close()
@@ -300,7 +303,7 @@ def test_a_chunk_failing_its_checksum_is_rebuilt_at_open(
     """open_views scans every chunk's checksum and rebuilds views holding a damaged one."""
     Writer(log).write(*run_events(40))
     open_views(dot, log).close()
-    _flip_a_step(dot / "views.db", 10)
+    _flip_a_step(dot / "views.db", 40)
     with caplog.at_level(logging.WARNING, logger="trackd.views.repo"):
         v = open_views(dot, log)
     try:

@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from trackd.eventlog.columns import decode_i64
 from trackd.eventlog.events import (
     ContainerCreated,
     ContainerDeleted,
@@ -181,7 +182,7 @@ def check_chunks(path: Path, max_points: int) -> None:
             assert sum(r[2] for r in rows) == count
             prev_last = None
             for first, last, n, blob in rows:
-                steps = np.frombuffer(blob, "<i8")
+                steps = decode_i64(blob)
                 assert 0 < n == len(steps) <= max_points
                 assert (first, last) == (steps[0], steps[-1])
                 assert np.all(np.diff(steps) > 0)

@@ -6,14 +6,16 @@ the newest value per step, and the byte layout of one stored chunk. Pure functio
 numpy arrays; no SQL, no I/O, so any backend can store chunks the same way.
 Imports: numpy, msgpack, crc32c and ``trackd.eventlog.events``.
 
-Chunk layout (one row of ``sequence_chunks``): ``steps`` packed ``<i8``, strictly
-increasing; ``vals`` packed values of the sequence's dtype, or a msgpack array when the dtype
-is ``"msgpack"``; ``timestamps`` packed ``<f8`` or NULL; ``axis`` a msgpack map
-name -> packed ``<f8`` or NULL. A missing timestamp or axis value is NaN; a column whose
-values are all NaN is stored as NULL, so what a reader sees never depends on how points were
-grouped into chunks. ``crc`` is the CRC32C of the chunk (:func:`chunk_crc`): SQLite checks
-its pages' structure but never row content, so a flipped bit in a BLOB would otherwise be
-served to readers as data.
+Chunk layout (one row of ``sequence_chunks``): ``steps`` a compact int64 column
+(:mod:`trackd.eventlog.columns`), strictly increasing; ``vals`` packed values of the
+sequence's dtype, or a msgpack array when the dtype is ``"msgpack"``; ``timestamps`` a compact
+float64 column or NULL; ``axis`` a msgpack map name -> compact float64 column, or NULL.
+Steps that go up by one cost a few bytes per chunk and a loop's timestamps one or two bytes
+per point, so a float metric takes about 10 bytes per point instead of 24. A missing
+timestamp or axis value is NaN; a column whose values are all NaN is stored as NULL, so what
+a reader sees never depends on how points were grouped into chunks. ``crc`` is the CRC32C of
+the chunk (:func:`chunk_crc`): SQLite checks its pages' structure but never row content, so
+a flipped bit in a BLOB would otherwise be served to readers as data.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from crc32c import crc32c
 
+from trackd.eventlog.columns import decode_f64, decode_i64, encode_f64, encode_i64
 from trackd.eventlog.events import (
     NUMERIC_VALUE_DTYPES,
     OBJECT_VALUE_DTYPE,
@@ -274,9 +277,9 @@ class EncodedChunk:
     first_step: int
     last_step: int
     n: int
-    steps: memoryview
+    steps: bytes
     vals: bytes | memoryview
-    timestamps: memoryview | None
+    timestamps: bytes | None
     axis: bytes | None
     crc: int
 
@@ -329,12 +332,10 @@ def encode_values(values: AnyArray, dtype: str) -> bytes | memoryview:
 def encode_chunk(points: Cols, dtype: str) -> EncodedChunk:
     """Encode sorted points (at least one) as one chunk of a sequence of ``dtype``."""
     ts = points.timestamps
-    ts_blob = None if ts is None or bool(np.isnan(ts).all()) else _packed(ts)
-    axis = {
-        k: _packed(v).tobytes() for k, v in sorted(points.axis.items()) if not np.isnan(v).all()
-    }
+    ts_blob = None if ts is None or bool(np.isnan(ts).all()) else encode_f64(ts)
+    axis = {k: encode_f64(v) for k, v in sorted(points.axis.items()) if not np.isnan(v).all()}
     first, last, n = int(points.steps[0]), int(points.steps[-1]), len(points)
-    steps = _packed(points.steps)
+    steps = encode_i64(points.steps)
     vals = encode_values(points.values, dtype)
     axis_blob = pack_value(axis) if axis else None
     return EncodedChunk(
@@ -362,27 +363,44 @@ def decode_values(blobs: Sequence[bytes], dtype: str) -> AnyArray:
 def decode_chunks(rows: Sequence[ChunkData], dtype: str) -> Cols:
     """Decode consecutive chunks, given as ``(n, steps, vals, timestamps, axis)`` rows.
 
-    The arrays are read-only when they are views of the fetched bytes.
+    The arrays may be read-only (views of the fetched bytes).
+
+    Raises:
+        ValueError: a column does not hold its row's ``n`` values (a damaged chunk).
     """
-    steps: Int64Array = np.frombuffer(b"".join(r[1] for r in rows), dtype=STEP_DTYPE)
+    steps: Int64Array = _concat([_column(decode_i64, r[1], r[0]) for r in rows], STEP_DTYPE)
     values = decode_values([r[2] for r in rows], dtype)
     ts = None
     if any(r[3] is not None for r in rows):
-        if all(r[3] is not None for r in rows):
-            ts = np.frombuffer(b"".join(r[3] for r in rows if r[3] is not None), TIME_DTYPE)
-        else:
-            ts = np.concatenate(
-                [np.frombuffer(r[3], TIME_DTYPE) if r[3] is not None else _nan(r[0]) for r in rows]
-            )
+        ts = _concat(
+            [_column(decode_f64, r[3], r[0]) if r[3] is not None else _nan(r[0]) for r in rows],
+            TIME_DTYPE,
+        )
     maps = [unpack_value(r[4]) if r[4] is not None else {} for r in rows]
     names = sorted({k for m in maps for k in m})
     axis = {
-        k: np.concatenate(
+        k: _concat(
             [
-                np.frombuffer(m[k], TIME_DTYPE) if k in m else _nan(r[0])
+                _column(decode_f64, m[k], r[0]) if k in m else _nan(r[0])
                 for r, m in zip(rows, maps, strict=True)
-            ]
+            ],
+            TIME_DTYPE,
         )
         for k in names
     }
     return Cols(steps, values, ts, axis)
+
+
+def _column(decode: Any, blob: bytes, n: int) -> AnyArray:
+    a: AnyArray = decode(blob, n)
+    if a.shape[0] != n:
+        raise ValueError(f"a chunk column holds {a.shape[0]} values, its row says {n}")
+    return a
+
+
+def _concat(parts: list[AnyArray], dtype: np.dtype[Any]) -> AnyArray:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return np.empty(0, dtype)
+    return np.concatenate(parts)

@@ -23,7 +23,9 @@ chunks were never checksummed, so a checksum computed now would vouch for whatev
 they already hold. Version 3 does the same for the rows of ``containers``, ``sequences`` and
 ``client_marks`` (``_points.row_crc`` over their other columns; a damaged mark would make
 the daemon drop a client's new events as duplicates), checked by the scan at open; again
-files of older versions are rebuilt. The checkpoint row has no crc: a damaged one fails the
+files of older versions are rebuilt. Version 4 stores the ``steps``, ``timestamps`` and axis
+columns of chunks as compact columns (``trackd.eventlog.columns``) instead of packed arrays;
+older files are rebuilt. The checkpoint row has no crc: a damaged one fails the
 check that it ends a record of the log, and the views are rebuilt then.
 """
 
@@ -139,6 +141,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, _V1),
     Migration(2, _V2, rebuild=True),
     Migration(3, _V3, rebuild=True),
+    # Chunk columns become compact columns (trackd.eventlog.columns); no table changes.
+    Migration(4, "", rebuild=True),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
