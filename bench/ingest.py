@@ -21,7 +21,10 @@ measured in the same run.
    request read to reply sent, over all that repository's flushes; and its two parts, until
    the events before it are durable and then until they are applied). Also shown: CPU time
    per point of the producers (all their threads, from the start to their ``close()``) and
-   of the daemon over the same span, to tell where the time goes.
+   of the daemon over the same span, to tell where the time goes; and the bytes the daemon
+   wrote to storage per point over that span (``write_bytes`` of ``/proc/<pid>/io``: log,
+   views, their WAL and checkpoints), with the log's share: writeback volume is what
+   lengthens the tail of every ``fdatasync`` a flush waits on.
 
    The floor under the same load: a third process, started with the probe, times what no
    trackd code can make faster, each every 5 ms while the load runs: one 32 KiB append plus
@@ -116,6 +119,11 @@ class Daemon:
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def write_bytes(self) -> int:
+        """Bytes the daemon caused to be written to storage so far (log, views, WAL)."""
+        with open(f"/proc/{self.proc.pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("write_bytes:"))
 
     def flush_ms(self, repo: Path) -> dict[str, dict[str, float]]:
         """The daemon's flush latency summaries for ``repo`` (``trackd daemon status``):
@@ -347,10 +355,10 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
     for p in [*workers, probe, floor]:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
-    cpu0 = d.cpu_seconds()
+    cpu0, io0 = d.cpu_seconds(), d.write_bytes()
     os.close(release)
     spans = [json.loads(p.communicate(timeout=600)[0]) for p in workers]
-    daemon_cpu = d.cpu_seconds() - cpu0
+    daemon_cpu, daemon_io = d.cpu_seconds() - cpu0, d.write_bytes() - io0
     # The probe times flushes while the workers run, and stops once the last close() returned.
     lat = json.loads(probe.communicate("\n", timeout=600)[0])
     fl = json.loads(floor.communicate("\n", timeout=600)[0])
@@ -366,6 +374,9 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
         "multi_s": elapsed,
         "multi_producer_cpu_us": sum(s["cpu"] for s in spans) / points * 1e6,
         "multi_daemon_cpu_us": daemon_cpu / points * 1e6,
+        "multi_daemon_write_b": daemon_io / points,
+        "multi_log_b": sum(f.stat().st_size for f in (repo / ".trackd" / "log").glob("*.seg"))
+        / points,
         "flush_median_ms": statistics.median(lat) * 1000,
         "flush_p99_ms": _pct(lat, 0.99) * 1000,
         "flush_samples": len(lat),
@@ -458,6 +469,8 @@ def main() -> None:
         ),
         ("  producer CPU per point (all threads)", med["multi_producer_cpu_us"], "us", None),
         ("  daemon CPU per point", med["multi_daemon_cpu_us"], "us", None),
+        ("  daemon disk writes per point (log, views)", med["multi_daemon_write_b"], "bytes", None),
+        ("  of them the log's, per point", med["multi_log_b"], "bytes", None),
         (
             f"flush barrier under load, p50 ({len(_POOLED)} samples, {len(loads)} loads)",
             med["flush_median_ms"],
