@@ -34,7 +34,7 @@ from trackd.views import (
     projection,
     rebuild,
 )
-from trackd.views._points import row_crc
+from trackd.views._points import chunk_crc, row_crc
 from trackd.views._schema import LATEST_VERSION
 from trackd.views.sqlite import _ROW_CHECKED
 
@@ -394,6 +394,37 @@ def test_views_of_schema_1_are_rebuilt_with_checksums(dot: Path, log: EventLog) 
     (bad,) = conn.execute("SELECT count(*) FROM sequence_chunks WHERE crc IS NULL").fetchone()
     conn.close()
     assert bad == 0
+
+
+def test_views_of_schema_3_with_packed_chunks_are_rebuilt_compact(dot: Path, log: EventLog) -> None:
+    """A views.db of schema 3 (chunk columns as packed arrays) is rebuilt at open: read as
+    compact columns its packed steps would decode wrongly, and reading them as packed is
+    not something this build does. Afterwards every chunk's steps are compact."""
+    Writer(log).write(*run_events(40))
+    open_views(dot, log).close()
+    conn = sqlite3.connect(dot / "views.db", isolation_level=None)
+    # The chunk as schema 3 stored it: packed steps, with a checksum that matches them, so
+    # that only the schema version can make the views be rebuilt.
+    packed = np.arange(40, dtype="<i8").tobytes()
+    (cid, first, last, n, vals, ts, axis) = conn.execute(
+        "SELECT id, first_step, last_step, n, vals, timestamps, axis FROM sequence_chunks"
+    ).fetchone()
+    conn.execute(
+        "UPDATE sequence_chunks SET steps = ?, crc = ? WHERE id = ?",
+        (packed, chunk_crc(first, last, n, packed, vals, ts, axis), cid),
+    )
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    v = open_views(dot, log)
+    try:
+        assert steps_of(v) == list(range(40))
+    finally:
+        v.close()
+    conn = sqlite3.connect(dot / "views.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    blobs = [r[0] for r in conn.execute("SELECT steps FROM sequence_chunks")]
+    conn.close()
+    assert blobs == [encode_i64(np.arange(40))]
 
 
 def test_unopenable_views_raise_instead_of_rebuilding(dot: Path, log: EventLog) -> None:
