@@ -44,6 +44,10 @@ _WIDTHS: dict[int, np.dtype[Any]] = {1: np.dtype("<i1"), 2: np.dtype("<i2"), 4: 
 _LIMITS = {w: (-(1 << (8 * w - 1)), (1 << (8 * w - 1)) - 1) for w in _WIDTHS}
 _PATCH_COST = 4 + 8  # position u32 + difference i64
 MAX_COUNT = (1 << 32) - 1
+# Shorter columns stay raw: what encoding them saves is less than an event's envelope, and
+# the numpy calls would cost more than the bytes (tens of microseconds per column).
+_MIN_COMPACT = 16
+_NO_PATCHES = np.empty(0, dtype="<u4")
 
 Int64Array = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]
@@ -59,26 +63,28 @@ def encode_i64(values: npt.ArrayLike) -> bytes:
     n = a.shape[0]
     if n > MAX_COUNT:
         raise ColumnError(f"a column holds at most {MAX_COUNT} values, got {n}")
-    if n < 3:
+    if n < _MIN_COMPACT:
         return _HEAD.pack(_RAW, n) + a.tobytes()
-    with np.errstate(over="ignore"):
-        d = np.diff(a)
-    stride = int(d[0])
-    if (d == stride).all():
-        return _HEAD.pack(_ARITH, n) + _ARITH_BODY.pack(int(a[0]), stride)
-    best_width, best_size, best_out = 0, 8 * n, np.zeros(0, dtype=bool)
-    for width, (lo, hi) in _LIMITS.items():
-        out = (d < lo) | (d > hi)
-        k = int(np.count_nonzero(out))
-        size = width * (n - 1) + _PATCH_COST * k + 4
+    d = a[1:] - a[:-1]  # wraps modulo 2**64 (numpy array arithmetic never raises)
+    lo, hi = int(d.min()), int(d.max())
+    if lo == hi:
+        return _HEAD.pack(_ARITH, n) + _ARITH_BODY.pack(int(a[0]), lo)
+    # The narrowest width that holds every difference needs no patches; a narrower one
+    # may still win when only a few differences (pauses, gaps) are out of its range.
+    fit = next((w for w, (wlo, whi) in _LIMITS.items() if wlo <= lo and hi <= whi), 8)
+    best_width, best_size = (0, 8 * n) if fit == 8 else (fit, fit * (n - 1) + 4)
+    best_out: npt.NDArray[np.bool_] | None = None
+    for width, (wlo, whi) in _LIMITS.items():
+        if width >= fit:
+            break
+        out = (d < wlo) | (d > whi)
+        size = width * (n - 1) + _PATCH_COST * int(np.count_nonzero(out)) + 4
         if size < best_size:
             best_width, best_size, best_out = width, size, out
-        if k == 0:
-            break  # a wider width cannot be smaller
     if best_width == 0:
         return _HEAD.pack(_RAW, n) + a.tobytes()
     narrow = d.astype(_WIDTHS[best_width])  # values out of range wrap; patched below
-    pos = np.flatnonzero(best_out).astype("<u4")
+    pos = _NO_PATCHES if best_out is None else np.flatnonzero(best_out).astype("<u4")
     return b"".join(
         (
             _HEAD.pack(_DELTA, n),
@@ -129,8 +135,7 @@ def decode_i64(data: bytes | memoryview, max_n: int = MAX_COUNT) -> Int64Array:
         if len(body) != _ARITH_BODY.size:
             raise ColumnError(f"arithmetic column has {len(body)} bytes, not {_ARITH_BODY.size}")
         first, stride = _ARITH_BODY.unpack_from(body)
-        with np.errstate(over="ignore"):
-            return (np.arange(n, dtype=I64) * np.int64(stride) + np.int64(first)).astype(I64)
+        return np.arange(n, dtype=I64) * np.int64(stride) + np.int64(first)
     if n == 0 or len(body) < _DELTA_HEAD.size:
         raise ColumnError("delta column is cut short")
     first, width = _DELTA_HEAD.unpack_from(body)
@@ -153,8 +158,7 @@ def decode_i64(data: bytes | memoryview, max_n: int = MAX_COUNT) -> Int64Array:
         if int(pos.max()) >= n - 1:
             raise ColumnError("delta column has a patch past its end")
         d[pos + 1] = np.frombuffer(body[p0 + 4 * k :], dtype=I64)
-    with np.errstate(over="ignore"):
-        return np.cumsum(d, dtype=I64)
+    return np.cumsum(d, dtype=I64)
 
 
 def encode_f64(values: npt.ArrayLike) -> bytes:
