@@ -124,7 +124,7 @@ def decode_i64(data: bytes | memoryview, max_n: int = MAX_COUNT) -> Int64Array:
     """
     n = column_count(data)
     if n > max_n:
-        raise ColumnError(f"column holds {n} values, more than the {max_n} expected")
+        raise ColumnError(f"column claims {n} values, more than the {max_n} allowed here")
     kind = data[0]
     body = memoryview(data)[_HEAD.size :]
     if kind == _RAW:

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from trackd.errors import EventError, UnknownEventError
 from trackd.eventlog.columns import (
     ColumnError,
+    column_count,
     decode_f64,
     decode_i64,
     encode_f64,
@@ -489,6 +490,12 @@ def _thaw_columns(body: dict[str, Any]) -> None:
         if not isinstance(col, bytes):
             raise EventError(f"{etype}: {what} must be an encoded column (bytes)")
         try:
+            n = column_count(col)
+            if n > bound:
+                raise EventError(
+                    f"{etype}: {what} claims {n} points but the batch has only {bound} bytes "
+                    "of values"
+                )
             return decode(col, bound).tobytes()
         except ColumnError as e:
             raise EventError(f"{etype}: {what}: {e}") from None
