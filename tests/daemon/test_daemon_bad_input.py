@@ -95,6 +95,22 @@ def _wrong_field_types(c: RawClient, repo: Path) -> None:
     c.append([bad])
 
 
+def _hostile_column(c: RawClient, repo: Path) -> None:
+    # A compact steps column of 21 bytes claiming four billion arithmetic steps: refused
+    # before anything is allocated for them.
+    _hello(c, repo)
+    body = {
+        "container": "r",
+        "name": "loss",
+        "context": {},
+        "steps": struct.pack("<BIqq", 1, 2**32 - 1, 0, 1),
+        "values": struct.pack("<d", 1.0),
+        "value_dtype": "<f8",
+    }
+    bad = msgpack.packb(["sequence.appended", 2, c.client_id, 3, 0.0, body], use_bin_type=True)
+    c.append([bad])
+
+
 def _other_client_id(c: RawClient, repo: Path) -> None:
     _hello(c, repo)
     c.append([created(os.urandom(16), 1, "r")])
@@ -131,6 +147,13 @@ CASES = {
     ),
     "wrong-field-types": Case(
         _wrong_field_types, APPEND_REJECTED, "event", ("client_seq 3", "steps"), False
+    ),
+    "hostile-column-count": Case(
+        _hostile_column,
+        APPEND_REJECTED,
+        "event",
+        ("client_seq 3", "steps claims 4294967295 points", "8 bytes of values"),
+        False,
     ),
     "other-client-id": Case(
         _other_client_id, APPEND_REJECTED, "event", ("client_seq 1", "client_id"), False
