@@ -17,6 +17,10 @@ measured in the same run.
    start until the last ``close()`` returned, so every sample is taken under load. One load
    lasts well under a second and gives a few dozen samples, so the load is run again (up
    to 20 times) until at least ``--flush-samples`` are pooled: p50 and p99 of the pool. The
+   probe runs in the trainers' session, as a trainer that flushes would: with the kernel's
+   autogroup scheduling it then shares one CPU share with every trainer thread. As a
+   diagnostic, as many samples again come from loads whose probe runs in a session of its
+   own (alternating with the others), which leaves out that wait for a CPU. The
    daemon's own share comes from its status (``flush_ms`` of the load's repository:
    request read to reply sent, over all that repository's flushes; and its two parts, until
    the events before it are durable and then until they are applied). Also shown: CPU time
@@ -311,6 +315,8 @@ FLOOR = """
 
 #: Every flush latency of every load, pooled for the reported percentiles.
 _POOLED: list[float] = []
+#: The same, from loads whose probe ran in a session of its own (the diagnostic).
+_POOLED_OWN: list[float] = []
 #: The floor under the same loads: fdatasync alone, and a thread wake-up round trip.
 _FLOOR_SYNC: list[float] = []
 _FLOOR_WAKE: list[float] = []
@@ -341,13 +347,20 @@ def bench_single(d: Daemon, repo: Path, steps: int) -> dict[str, float]:
     return {"single_pts_per_s": 3 * steps / res["total"], "single_loop_s": res["loop"]}
 
 
-def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, float]:
+def bench_multi(
+    d: Daemon, repo: Path, procs: int, steps: int, *, own_session: bool = False
+) -> dict[str, float]:
     # Every process waits for end of file on one pipe: closing it starts all of them with
     # one system call, where a line written to each in turn started the last one ~20 ms late.
     gate, release = os.pipe()
     code = MULTI.format(repo=str(repo), steps=steps, gate=gate)
     workers = [_py(code, d.env, pass_fds=(gate,)) for _ in range(procs)]
-    probe = _py(PROBE.format(repo=str(repo), seconds=120.0, gate=gate), d.env, pass_fds=(gate,))
+    probe = _py(
+        PROBE.format(repo=str(repo), seconds=120.0, gate=gate),
+        d.env,
+        pass_fds=(gate,),
+        start_new_session=own_session,
+    )
     floor_file = repo.parent / f"{repo.name}.floor"
     floor_code = FLOOR.format(path=str(floor_file), gate=gate, server=textwrap.dedent(FLOOR_SERVER))
     floor = _py(floor_code, d.env, pass_fds=(gate,))
@@ -368,7 +381,7 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
     elapsed = max(s["end"] for s in spans) - min(s["start"] for s in spans)
     points = 3 * steps * procs
     in_daemon = d.flush_ms(repo)
-    _POOLED.extend(lat)
+    (_POOLED_OWN if own_session else _POOLED).extend(lat)
     return {
         "multi_pts_per_s": points / elapsed,
         "multi_s": elapsed,
@@ -380,6 +393,7 @@ def bench_multi(d: Daemon, repo: Path, procs: int, steps: int) -> dict[str, floa
         "flush_median_ms": statistics.median(lat) * 1000,
         "flush_p99_ms": _pct(lat, 0.99) * 1000,
         "flush_samples": len(lat),
+        "probe_own_session": float(own_session),
         "flush_daemon_p50_ms": in_daemon["all"]["p50"],
         "flush_daemon_p99_ms": in_daemon["all"]["p99"],
         "flush_daemon_sync_p99_ms": in_daemon["sync"]["p99"],
@@ -418,9 +432,13 @@ def main() -> None:
             print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
         rss = d.peak_rss_mb()
         extra: list[dict[str, float]] = []
-        while len(_POOLED) < args.flush_samples and len(extra) + args.repeats < 20:
+        while (
+            min(len(_POOLED), len(_POOLED_OWN)) < args.flush_samples
+            and len(extra) + args.repeats < 40
+        ):
             repo = root / f"load{len(extra)}"
-            extra.append(bench_multi(d, repo, args.procs, args.proc_steps))
+            own = len(_POOLED_OWN) < len(_POOLED) or len(_POOLED) >= args.flush_samples
+            extra.append(bench_multi(d, repo, args.procs, args.proc_steps, own_session=own))
         rss_after = d.peak_rss_mb()
     finally:
         d.stop()
@@ -478,6 +496,13 @@ def main() -> None:
             None,
         ),
         ("flush barrier under load, p99 (pooled)", med["flush_p99_ms"], "ms", "flush_p99_ms"),
+        (
+            f"  probe in a session of its own, p50 ({len(_POOLED_OWN)} samples)",
+            statistics.median(_POOLED_OWN) * 1000,
+            "ms",
+            None,
+        ),
+        ("  probe in a session of its own, p99", _pct(_POOLED_OWN, 0.99) * 1000, "ms", None),
         ("  of it in the daemon, p50 (median of loads)", med["flush_daemon_p50_ms"], "ms", None),
         ("  of it in the daemon, p99 (median of loads)", med["flush_daemon_p99_ms"], "ms", None),
         ("    until durable, p99", med["flush_daemon_sync_p99_ms"], "ms", None),
@@ -510,7 +535,7 @@ def main() -> None:
     for k in ("track_median_us", "single_pts_per_s", "multi_pts_per_s"):
         print(f"  {k:<18} " + "  ".join(f"{r[k]:,.2f}" for r in rows))
     print("per load (multi-process):")
-    for k in ("multi_pts_per_s", "flush_p99_ms", "flush_daemon_p99_ms"):
+    for k in ("multi_pts_per_s", "flush_p99_ms", "flush_daemon_p99_ms", "probe_own_session"):
         print(f"  {k:<19} " + "  ".join(f"{r[k]:,.1f}" for r in loads))
     print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
 
