@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from views_helpers import Events, appended, check_chunks
 from trackd.errors import ViewsError
 from trackd.eventlog.events import ContainerCreated, ParamsSet, PropertiesSet
 from trackd.views import ChunkPolicy, RebuildRequiredError, SQLiteViews, _schema
+from trackd.views import _points as pts
 
 
 def chunk_rows(path: Path) -> list[tuple[int, int, int, int]]:
@@ -78,13 +80,36 @@ def test_small_applies_top_up_the_last_chunk(views: SQLiteViews, ev: Events, pat
 def test_many_small_applies_give_chunks_of_at_least_top_up_size(
     views: SQLiteViews, ev: Events, path: Path
 ) -> None:
-    """A sequence fed by 1,000-point applies has chunks of about top_up_below points or more."""
+    """A sequence fed by 1,000-point applies has chunks of top_up_below points or more, but
+    for at most tail_chunks - 1 small ones at its end (not yet merged)."""
+    policy = ChunkPolicy()
     for i in range(40):
         views.apply(ev.log(appended("c1", "m", steps_batch(i * 1000, 1000), [0.0] * 1000)))
     sizes = [r[3] for r in chunk_rows(path)]
     assert sum(sizes) == 40_000
-    assert all(n >= 8192 for n in sizes[:-1])
-    assert len(sizes) <= 5
+    small_tail = len(list(itertools.takewhile(lambda n: n < 8192, reversed(sizes))))
+    assert small_tail <= policy.tail_chunks - 1
+    assert all(n >= 8192 for n in sizes[: len(sizes) - small_tail])
+    assert len(sizes) <= 40_000 // 8192 + policy.tail_chunks - 1
+
+
+def test_small_applies_encode_each_point_a_few_times_not_once_per_apply(
+    views: SQLiteViews, ev: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appending never re-encodes the whole growing tail chunk on every apply: over 40
+    applies of 1,000 points, at most 3 encodings per point (merging on every apply took ~5)."""
+    encoded = 0
+    real = pts.encode_chunk
+
+    def counting(points: pts.Cols, dtype: str) -> pts.EncodedChunk:
+        nonlocal encoded
+        encoded += len(points)
+        return real(points, dtype)
+
+    monkeypatch.setattr(pts, "encode_chunk", counting)
+    for i in range(40):
+        views.apply(ev.log(appended("c1", "m", steps_batch(i * 1000, 1000), [0.0] * 1000)))
+    assert 40_000 <= encoded <= 3 * 40_000
 
 
 def test_overwrite_rewrites_only_overlapping_chunks(path: Path, ev: Events) -> None:
