@@ -19,7 +19,7 @@ from trackd.eventlog.columns import (
     encode_f64,
     encode_i64,
 )
-from trackd.eventlog.events import SequenceAppended, decode_event, encode_event
+from trackd.eventlog.events import Event, SequenceAppended, decode_event, encode_event
 
 I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 CID = bytes(range(16))
@@ -124,16 +124,8 @@ def test_point_events_round_trip_and_are_compact() -> None:
 def test_version_1_point_events_are_upcast_on_read() -> None:
     """Logs written before compact columns hold packed columns; they still read the same."""
     ev = _event(50)
-    body = {
-        "container": ev.container,
-        "name": ev.name,
-        "context": dict(ev.context),
-        "steps": ev.steps,
-        "values": ev.values,
-        "value_dtype": ev.value_dtype,
-        "timestamps": ev.timestamps,
-        "axis": dict(ev.axis or {}),
-    }
+    # Version 1 bodies were the generic field map, with the columns packed as in memory.
+    body = Event.body(ev)
     v1 = msgpack.packb([ev.TYPE, 1, CID, 1, 1.0, body], use_bin_type=True)
     assert decode_event(v1) == ev
     body["steps"] = ev.steps[:-3]

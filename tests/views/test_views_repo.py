@@ -412,16 +412,8 @@ def test_a_log_of_version_1_point_events_projects_like_version_2(
         timestamps=1.7e9 + np.arange(n) * 1e-3,
         axis={"epoch": np.arange(n) // 100},
     )
-    body = {
-        "container": ev.container,
-        "name": ev.name,
-        "context": dict(ev.context),
-        "steps": ev.steps,
-        "values": ev.values,
-        "value_dtype": ev.value_dtype,
-        "timestamps": ev.timestamps,
-        "axis": dict(ev.axis or {}),
-    }
+    # Version 1 bodies were the generic field map, with the columns packed as in memory.
+    body = Event.body(ev)
     created = encode_event(
         ContainerCreated(container="c1", created_at=1.0).with_envelope(CID, 1, 0)
     )
