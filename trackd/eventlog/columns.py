@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ColumnError", "column_count", "decode_f64", "decode_i64", "encode_f64", "encode_i64"]
+__all__ = [
+    "ColumnError",
+    "column_count",
+    "decode_f64",
+    "decode_i64",
+    "encode_f64",
+    "encode_i64",
+    "frame_raw",
+]
 
 I64 = np.dtype("<i8")
 F64 = np.dtype("<f8")
@@ -95,6 +103,17 @@ def encode_i64(values: npt.ArrayLike) -> bytes:
             d[pos].astype(I64).tobytes(),
         )
     )
+
+
+def frame_raw(packed: bytes) -> bytes:
+    """Frame packed little-endian 8-byte values as a raw column, without compacting them.
+
+    Raises:
+        ColumnError: ``packed`` is not a whole number of 8-byte values.
+    """
+    if len(packed) % 8:
+        raise ColumnError(f"packed 8-byte values expected, got {len(packed)} bytes")
+    return _HEAD.pack(_RAW, len(packed) // 8) + packed
 
 
 def column_count(data: bytes | memoryview) -> int:

@@ -40,6 +40,7 @@ from trackd.eventlog.columns import (
     decode_i64,
     encode_f64,
     encode_i64,
+    frame_raw,
 )
 
 __all__ = [
@@ -509,17 +510,19 @@ def _thaw_columns(body: dict[str, Any]) -> None:
 
 @register_upcaster(SequenceAppended.TYPE, 1)
 def _sequence_appended_v1(body: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 carried packed columns; frame them as raw compact columns."""
+    """Version 1 carried packed columns; frame them as raw columns (decoding expands them
+    straight back, so compacting them here would be work thrown away)."""
 
     def frame(what: str, col: Any) -> Any:
         if not isinstance(col, bytes):
             return col  # the version 2 checks name the problem
-        if len(col) % 8:
+        try:
+            return frame_raw(col)
+        except ColumnError:
             raise EventError(
                 f"{SequenceAppended.TYPE}: {what} must be packed 8-byte values, got {len(col)} "
                 "bytes"
-            )
-        return encode_i64(np.frombuffer(col, dtype=STEP_DTYPE))
+            ) from None
 
     body["steps"] = frame("steps", body.get("steps"))
     if body.get("timestamps") is not None:
