@@ -28,10 +28,10 @@ def reply_readers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     early = Client._on_message_early
 
-    def record(self: Client, conn: Any, msg: Any) -> None:
+    def record(self: Client, conn: Any, msg: Any) -> bool:
         if isinstance(msg, Reply):
             seen.append(threading.current_thread().name)
-        early(self, conn, msg)
+        return early(self, conn, msg)
 
     monkeypatch.setattr(Client, "_on_message_early", record)
     return seen
@@ -47,9 +47,9 @@ def _live_run(repo_path: Path) -> tuple[trackd.Run, Client]:
 def _flusher_idle(client: Client) -> None:
     """Wait until the flusher has taken the last reply from its inbox and is between steps.
 
-    A reply read on the calling thread still wakes the flusher to do its bookkeeping; a
-    flush that starts during that step is left to the flusher (the next test), which on a
-    busy machine happens often enough to make back-to-back flushes take either path.
+    The flusher does the bookkeeping of a reply read on the calling thread at its next
+    step; a flush that starts during a step is left to the flusher (the next test), which
+    on a busy machine happens often enough to make back-to-back flushes take either path.
     """
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -78,6 +78,39 @@ def test_a_flush_is_sent_and_answered_on_the_calling_thread(
         3.0,
         4.0,
     ]
+    run.close()
+
+
+def _wait_for(what: str, cond: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s")
+        time.sleep(0.005)
+
+
+def test_after_a_flush_answered_here_the_flusher_and_reader_catch_up_unprompted(
+    daemon: DaemonProc, repo_path: Path, reply_readers: list[str]
+) -> None:
+    """A caller that read its own reply wakes neither the flusher nor the reader (on a busy
+    machine a woken thread can take the returning caller's CPU). Both must still catch up
+    on their own: the flusher takes the reply from its inbox, and the reader, which stood
+    aside, reads the acks of what the flusher sends later, with no further flush."""
+    run, client = _live_run(repo_path)
+    reply_readers.clear()
+    run.track(0.0, "m", 0)
+    _flusher_idle(client)
+    client.flush()
+    assert reply_readers == [threading.current_thread().name]
+    _wait_for("the flusher's bookkeeping of the reply", lambda: not client._inflight)
+    for i in range(1, 200):
+        run.track(float(i), "m", i)
+    _wait_for(
+        "the acks of events sent after the barrier",
+        lambda: not client.buf and client._seq > 0 and client._acked == client._seq,
+    )
+    assert not client._unacked
+    assert reply_readers == [threading.current_thread().name]  # no request since
     run.close()
 
 

@@ -243,6 +243,7 @@ class Client:
         self._read_lock = threading.Lock()
         self._callers_reading = 0
         self._reader_resume = threading.Event()
+        self._reader_owed = False
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._flusher_done = False
@@ -486,7 +487,11 @@ class Client:
         finally:
             with self._read_lock:
                 self._callers_reading -= 1
-            self._reader_resume.set()
+            # The flusher's next step (within its interval) resumes the reader. Waking it
+            # here would make a third thread runnable just as this one returns: on a busy
+            # machine the woken thread can take this one's CPU, and this one then waits for
+            # the CPU again behind every other thread of its session.
+            self._reader_owed = True
 
     def _read_until(self, conn: _Conn, w: _Waiter, deadline: float) -> None:
         """Read ``conn`` on this thread until ``w`` is resolved (the caller has made the
@@ -564,6 +569,9 @@ class Client:
                 return
 
     def _step(self) -> None:
+        if self._reader_owed and not self._callers_reading:
+            self._reader_owed = False
+            self._reader_resume.set()
         resolved: list[tuple[_Waiter, str, Any, BaseException | None]] = []
         self._handle_inbox(resolved)
         self._maybe_finish_drain()
@@ -1209,31 +1217,37 @@ class Client:
         wake = False
         for body in conn.dec.feed(data):
             msg = decode_message(body)
-            if type(msg) is not Ack:
+            if type(msg) is not Ack and not self._on_message_early(conn, msg):
                 wake = True
-                self._on_message_early(conn, msg)
             self._inbox.append(("msg", conn, msg))
         if wake:
             self._wake.set()
 
-    def _on_message_early(self, conn: _Conn, msg: Any) -> None:
-        """On the reader thread, before the flusher sees ``msg``: answer a waiting flush.
+    def _on_message_early(self, conn: _Conn, msg: Any) -> bool:
+        """On the reading thread, before the flusher sees ``msg``: answer a waiting flush.
 
         Under load every thread hand-off waits for a CPU, so a flush reply resolves its
         caller here rather than through the flusher. Errors that reject appends are recorded
         here too, in the order they arrived, so that a flush answered here still raises an
         error the daemon reported before it. The flusher does the rest of the bookkeeping
         when it takes the message from the inbox (resolving again is a no-op).
+
+        Returns:
+            True when nothing about ``msg`` is urgent for the flusher, so that its next
+            step (within its interval) is soon enough and it need not be woken now.
         """
         if self._conn is not conn:
-            return
+            return False
         if isinstance(msg, Reply):
             req = self._inflight.get(msg.id)
             if req is not None and req.op == "flush" and req.waiter is not None:
                 self._flushed_seq = max(self._flushed_seq, req.seq)
                 req.waiter.resolve("ok", msg.result)
+                return True
         elif isinstance(msg, ErrorReply) and (msg.id is None or msg.id == APPEND_REJECTED):
             self._remember(error_from_code(msg.code, msg.message))
+            return msg.id is not None
+        return False
 
     def _shutdown(self) -> None:
         self._flusher_done = True
