@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -613,6 +613,78 @@ class ViewsContract(ABC):
         h.apply(appended("c1", "m", [0], [1.0]))
         assert h.points("c1", "m").values.tolist() == [1.0]
 
+    # -- transactions ----------------------------------------------------------------------
+
+    def test_transaction_of_several_adds_commits_like_one_apply(self, h: Harness) -> None:
+        """Events added over several calls commit together: nothing shows before, all of
+        it after, as one apply of the same events would give."""
+        les = h.events.log(
+            created(),
+            appended("c1", "m", [0, 1], [1.0, 2.0]),
+            ParamsSet(container="c1", path=("lr",), value=0.1),
+            appended("c1", "m", [1, 2], [5, 6], dtype="<i8"),
+            ContainerDeleted(container="c1"),
+            created(at=11.0),
+            appended("c1", "m", [7], [7.0]),
+        )
+        txn = h.store.begin()
+        for part in (les[:2], les[2:4], les[4:]):
+            txn.add(part)
+            assert h.reader.containers() == []
+            assert h.reader.checkpoint == 0
+        txn.commit()
+        assert h.store.checkpoint == h.reader.checkpoint == les[-1].end
+        assert h.points("c1", "m").steps.tolist() == [7]
+        assert h.points("c1", "m").values.tolist() == [7.0]
+        assert h.reader.container("c1").params == {}  # type: ignore[union-attr]
+        assert h.reader.container("c1").created_at == 11.0  # type: ignore[union-attr]
+
+    def test_transaction_skips_what_it_or_the_views_hold_already(self, h: Harness) -> None:
+        """An add overlapping what was committed or added before applies only the rest."""
+        les = h.events.log(created(), *(appended("c1", "m", [i], [float(i)]) for i in range(4)))
+        h.store.apply(les[:2])
+        txn = h.store.begin()
+        txn.add(les[:3])
+        txn.add(les[2:])
+        txn.commit()
+        assert h.points("c1", "m").values.tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert h.store.checkpoint == les[-1].end
+
+    def test_rolled_back_transaction_leaves_the_views_as_they_were(self, h: Harness) -> None:
+        les = h.events.log(created(), appended("c1", "m", [0], [1.0]))
+        h.store.apply(les[:1])
+        txn = h.store.begin()
+        txn.add(les[1:])
+        txn.rollback()
+        txn.rollback()  # idempotent
+        assert h.reader.sequences() == []
+        assert h.store.checkpoint == les[0].end
+        h.store.apply(les)  # and the same events apply afterwards
+        assert h.points("c1", "m").values.tolist() == [1.0]
+
+    def test_failing_before_commit_rolls_the_transaction_back(self, h: Harness) -> None:
+        les = h.events.log(created(), appended("c1", "m", [0], [1.0]))
+        txn = h.store.begin()
+        txn.add(les)
+
+        def refuse() -> None:
+            raise OSError("the log's fdatasync failed")
+
+        with pytest.raises(OSError, match="fdatasync failed"):
+            txn.commit(before_commit=refuse)
+        assert h.reader.containers() == []
+        assert h.store.checkpoint == 0
+        h.store.apply(les)
+        assert h.points("c1", "m").values.tolist() == [1.0]
+
+    def test_empty_transaction_commits_nothing(self, h: Harness) -> None:
+        called: list[bool] = []
+        txn = h.store.begin()
+        txn.add([])
+        txn.commit(before_commit=lambda: called.append(True))
+        assert h.store.checkpoint == 0
+        assert h.reader.containers() == []
+
 
 def _sqlite_backend(tmp_path: Path, policy: ChunkPolicy) -> tuple[ViewStore, ViewReader]:
     path = tmp_path / "views.db"
@@ -634,3 +706,26 @@ class TestSQLiteViewsTinyChunks(ViewsContract):
     def open_backend(self, tmp_path: Path) -> tuple[ViewStore, ViewReader]:
         """SQLite with chunks of at most 4 points, topped up below 3, flushed every 8."""
         return _sqlite_backend(tmp_path, ChunkPolicy(max_points=4, top_up_below=3, flush_points=8))
+
+
+class _BufferingSQLiteViews(SQLiteViews):
+    """SQLite views that use the default transaction of ViewStore, as a backend that only
+    implements apply() would."""
+
+    def apply(
+        self, events: Sequence[LoggedEvent], *, before_commit: Callable[[], None] | None = None
+    ) -> None:
+        txn = SQLiteViews.begin(self)
+        txn.add(events)
+        txn.commit(before_commit)
+
+    def begin(self) -> Any:
+        return ViewStore.begin(self)
+
+
+class TestDefaultTransaction(ViewsContract):
+    """The contract through ViewStore's default transaction, which applies at commit."""
+
+    def open_backend(self, tmp_path: Path) -> tuple[ViewStore, ViewReader]:
+        path = tmp_path / "views.db"
+        return _BufferingSQLiteViews.open(path), SQLiteReader(path)

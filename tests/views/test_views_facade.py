@@ -19,6 +19,7 @@ def test_views_facade_is_pinned() -> None:
         "SQLiteReader",
         "SQLiteViews",
         "SequenceRow",
+        "Transaction",
         "UndecodableRecord",
         "ViewReader",
         "ViewStore",

@@ -128,6 +128,7 @@ def payload(item: Event | bytes, client: bytes, seq: int) -> bytes:
     clients=st.lists(st.sampled_from([CID, OTHER_CID]), min_size=1, max_size=4),
     cuts=st.lists(st.integers(1, 7), min_size=1, max_size=6),
     reapply=st.booleans(),
+    adds_per_commit=st.integers(1, 4),
     policy=st.sampled_from(POLICIES),
 )
 def test_live_equals_rebuild_equals_model(
@@ -135,9 +136,11 @@ def test_live_equals_rebuild_equals_model(
     clients: list[bytes],
     cuts: list[int],
     reapply: bool,
+    adds_per_commit: int,
     policy: ChunkPolicy,
 ) -> None:
-    """Random event streams give the same views live (in slices), rebuilt, and in the model."""
+    """Random event streams give the same views live (in slices, added to transactions
+    that commit every few slices, as the daemon does), rebuilt, and in the model."""
     seqs = {CID: 0, OTHER_CID: 0}
     payloads = []
     for i, item in enumerate(items):
@@ -155,13 +158,22 @@ def test_live_equals_rebuild_equals_model(
             records = list(log.read())
             live = SQLiteViews.open(dot / "live.db", policy=policy)
             pos = k = 0
+            txn = None
             while pos < len(records):
                 n = cuts[k % len(cuts)]
                 k += 1
-                live.apply([decode_record(r) for r in records[pos : pos + n]])
-                if reapply:  # overlapping a slice already applied must change nothing
-                    live.apply([decode_record(r) for r in records[max(0, pos - 2) : pos + n]])
+                txn = txn or live.begin()
+                txn.add([decode_record(r) for r in records[pos : pos + n]])
+                if reapply:  # overlapping a slice already added must change nothing
+                    txn.add([decode_record(r) for r in records[max(0, pos - 2) : pos + n]])
                 pos += n
+                if k % adds_per_commit == 0:
+                    txn.commit()
+                    txn = None
+                    if reapply:  # nor one already committed
+                        live.apply([decode_record(r) for r in records[max(0, pos - 2) : pos]])
+            if txn is not None:
+                txn.commit()
             rebuild(dot, log, policy=policy)
             rb = SQLiteViews.open(dot / "views.db", policy=policy)
             model = Model()

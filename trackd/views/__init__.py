@@ -19,6 +19,7 @@ from trackd.views.base import (
     LogSource,
     Points,
     SequenceRow,
+    Transaction,
     ViewReader,
     ViewStore,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "SQLiteReader",
     "SQLiteViews",
     "SequenceRow",
+    "Transaction",
     "UndecodableRecord",
     "ViewReader",
     "ViewStore",

@@ -25,6 +25,7 @@ __all__ = [
     "LogSource",
     "Points",
     "SequenceRow",
+    "Transaction",
     "ViewReader",
     "ViewStore",
 ]
@@ -113,6 +114,54 @@ class Points:
         return int(self.steps.shape[0])
 
 
+class Transaction(ABC):
+    """An open transaction of a :class:`ViewStore` (see :meth:`ViewStore.begin`).
+
+    Used from the store's thread only; ends with exactly one :meth:`commit` or
+    :meth:`rollback`. After an error from either method, or from :meth:`add`, it is rolled
+    back and must not be used again.
+    """
+
+    @abstractmethod
+    def add(self, events: Sequence[LoggedEvent]) -> None:
+        """Project more events (consecutive, in log order, after those added before).
+
+        Raises:
+            ViewsError: the backend failed; the transaction is rolled back.
+        """
+
+    @abstractmethod
+    def commit(self, before_commit: Callable[[], None] | None = None) -> None:
+        """Commit everything added, with the checkpoint, as one :meth:`ViewStore.apply` of
+        the same events would (``before_commit`` as there).
+
+        Raises:
+            ViewsError: the backend failed; nothing of the transaction was applied.
+        """
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Discard everything added. Idempotent; never raises."""
+
+
+class _Buffered(Transaction):
+    """The default transaction: keeps the events, applies them at commit."""
+
+    def __init__(self, store: ViewStore) -> None:
+        self._store = store
+        self._events: list[LoggedEvent] = []
+
+    def add(self, events: Sequence[LoggedEvent]) -> None:
+        self._events.extend(events)
+
+    def commit(self, before_commit: Callable[[], None] | None = None) -> None:
+        events, self._events = self._events, []
+        self._store.apply(events, before_commit=before_commit)
+
+    def rollback(self) -> None:
+        self._events = []
+
+
 class ViewStore(ABC):
     """The writer side of the views: projects log events, remembers how far it got.
 
@@ -144,6 +193,16 @@ class ViewStore(ABC):
         Raises:
             ViewsError: the backend failed; nothing of this call was applied.
         """
+
+    def begin(self) -> Transaction:
+        """Open a transaction to which events are added over time, then committed at once.
+
+        The daemon adds each group of events as the log hands it over and commits when a
+        flush waits or the apply interval ends, so the work is done while events arrive,
+        not after. This default keeps the events and calls :meth:`apply` at commit; a
+        backend overrides it to do the work in :meth:`Transaction.add`.
+        """
+        return _Buffered(self)
 
     @property
     @abstractmethod

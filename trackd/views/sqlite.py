@@ -45,7 +45,14 @@ from trackd.views._canon import (
     dump_json,
 )
 from trackd.views._schema import LATEST_VERSION, migrate, user_version
-from trackd.views.base import ContainerRow, Points, SequenceRow, ViewReader, ViewStore
+from trackd.views.base import (
+    ContainerRow,
+    Points,
+    SequenceRow,
+    Transaction,
+    ViewReader,
+    ViewStore,
+)
 
 __all__ = [
     "ChunkPolicy",
@@ -855,32 +862,15 @@ class SQLiteViews(_Queries, ViewStore):
         Batches of the same sequence within one call are merged into large chunks, so
         passing many events per call is much faster than one call per event.
         """
-        todo = [le for le in events if le.end > self._checkpoint]
-        if not todo:
-            return
-        last = max(todo, key=lambda le: le.end)
-        conn = self._db()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            txn = _Apply(conn, self._policy, self._path)
-            for le in todo:
-                txn.event(le.event)
-            txn.finish()
-            conn.execute(
-                "UPDATE checkpoint SET end_offset = ?, last_offset = ? WHERE id = 1",
-                (last.end, last.offset),
-            )
-            if before_commit is not None:
-                before_commit()
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            self._rollback()
-            raise _views_error("apply events to", self._path, e) from e
-        except BaseException:
-            self._rollback()
-            raise
-        self._checkpoint = last.end
-        self._last_offset = last.offset
+        txn = self.begin()
+        txn.add(events)
+        txn.commit(before_commit)
+
+    def begin(self) -> _SQLiteTransaction:
+        """Open a transaction that does the work of each :meth:`~Transaction.add` at once:
+        the batches added are merged into the sequences' chunks there, so that a commit
+        only writes the summaries, the checkpoint and the pages."""
+        return _SQLiteTransaction(self)
 
     def _rollback(self) -> None:
         conn = self._conn
@@ -893,6 +883,77 @@ class SQLiteViews(_Queries, ViewStore):
         with self._snapshot("read client marks from") as c:
             rows = c.execute("SELECT client_id, seq FROM client_marks").fetchall()
         return {bytes(k): int(v) for k, v in rows}
+
+
+class _SQLiteTransaction(Transaction):
+    """One write transaction of :class:`SQLiteViews`, begun at the first event it takes."""
+
+    def __init__(self, views: SQLiteViews) -> None:
+        self._views = views
+        self._txn: _Apply | None = None
+        self._last: LoggedEvent | None = None
+        self._done = False
+
+    def add(self, events: Sequence[LoggedEvent]) -> None:
+        if self._done:
+            raise ViewsError("this views transaction has ended")
+        v = self._views
+        after = v._checkpoint if self._last is None else self._last.end
+        todo = [le for le in events if le.end > after]
+        if not todo:
+            return
+        try:
+            if self._txn is None:
+                conn = v._db()
+                conn.execute("BEGIN IMMEDIATE")
+                self._txn = _Apply(conn, v._policy, v._path)
+            txn = self._txn
+            for le in todo:
+                txn.event(le.event)
+            # Merge now what was added: the work happens while events arrive.
+            for seq in txn.seqs.values():
+                txn.flush(seq)
+        except sqlite3.Error as e:
+            self.rollback()
+            raise _views_error("apply events to", v._path, e) from e
+        except BaseException:
+            self.rollback()
+            raise
+        last = max(todo, key=lambda le: le.end)
+        if self._last is None or last.end > self._last.end:
+            self._last = last
+
+    def commit(self, before_commit: Callable[[], None] | None = None) -> None:
+        if self._done:
+            raise ViewsError("this views transaction has ended")
+        txn, last, v = self._txn, self._last, self._views
+        if txn is None or last is None:
+            self._done = True
+            return
+        try:
+            txn.finish()
+            txn.conn.execute(
+                "UPDATE checkpoint SET end_offset = ?, last_offset = ? WHERE id = 1",
+                (last.end, last.offset),
+            )
+            if before_commit is not None:
+                before_commit()
+            txn.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.rollback()
+            raise _views_error("apply events to", v._path, e) from e
+        except BaseException:
+            self.rollback()
+            raise
+        self._done = True
+        v._checkpoint = last.end
+        v._last_offset = last.offset
+
+    def rollback(self) -> None:
+        self._done = True
+        if self._txn is not None:
+            self._txn = None
+            self._views._rollback()
 
 
 class SQLiteReader(_Queries):
