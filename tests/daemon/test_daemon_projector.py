@@ -19,27 +19,50 @@ from trackd.eventlog.events import ContainerCreated, LoggedEvent, SequenceAppend
 
 
 class FakeViews:
-    """Records each apply() call. ``gate`` holds the views thread until set; ``hold`` holds
-    the call of that number (from 0) until ``released`` is set."""
+    """Records each committed transaction as the offsets of its events, in ``calls``, and
+    every add() in ``adds``. ``gate`` holds the views thread in the first add() of a
+    transaction until set; ``hold`` holds the commit of that number (from 0) until
+    ``released`` is set."""
 
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
+        self.adds: list[list[int]] = []
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
         self.hold = -1
         self.released = threading.Event()
+        self.rolled_back: list[list[int]] = []
 
-    def apply(
-        self, events: Sequence[LoggedEvent], *, before_commit: Callable[[], None] | None = None
-    ) -> None:
-        self.entered.set()
-        self.gate.wait(10)
-        if len(self.calls) == self.hold:
-            self.released.wait(10)
+    def begin(self) -> FakeTransaction:
+        return FakeTransaction(self)
+
+
+class FakeTransaction:
+    def __init__(self, views: FakeViews) -> None:
+        self.views = views
+        self.offsets: list[int] = []
+
+    def add(self, events: Sequence[LoggedEvent]) -> None:
+        v = self.views
+        if not self.offsets:
+            v.entered.set()
+            v.gate.wait(10)
+        v.adds.append([le.offset for le in events])
+        self.offsets.extend(le.offset for le in events)
+
+    def commit(self, before_commit: Callable[[], None] | None = None) -> None:
+        v = self.views
+        if len(v.calls) == v.hold:
+            v.released.wait(10)
         if before_commit is not None:
             before_commit()
-        self.calls.append([le.offset for le in events])
+        v.calls.append(self.offsets)
+
+    def rollback(self) -> None:
+        if self.offsets:
+            self.views.rolled_back.append(self.offsets)
+        self.offsets = []
 
 
 def _points(offset: int, n: int) -> LoggedEvent:
@@ -158,11 +181,13 @@ def test_transactions_are_bounded_by_points_and_events() -> None:
 def test_failed_apply_fails_waiting_barriers() -> None:
     """When the views fail, every waiting flush gets the error."""
 
-    class Broken(FakeViews):
-        def apply(
-            self, events: Sequence[LoggedEvent], *, before_commit: Callable[[], None] | None = None
-        ) -> None:
+    class BrokenTransaction(FakeTransaction):
+        def add(self, events: Sequence[LoggedEvent]) -> None:
             raise RuntimeError("disk on fire")
+
+    class Broken(FakeViews):
+        def begin(self) -> FakeTransaction:
+            return BrokenTransaction(self)
 
     views = Broken()
     errors: list[BaseException] = []
@@ -181,20 +206,21 @@ def test_failed_apply_fails_waiting_barriers() -> None:
 def test_events_nobody_waits_for_are_gathered_but_a_flush_is_not_delayed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Within APPLY_INTERVAL of a transaction, new events wait to share the next one, unless
-    a flush barrier waits for them."""
+    """Within APPLY_INTERVAL of a transaction's first events, new events join it, unless a
+    flush barrier waits for them: then it commits at once. Each group is added (its work
+    done) when it arrives, not when the barrier comes."""
     monkeypatch.setattr(projector_mod, "APPLY_INTERVAL", 0.5)
     views = FakeViews()
     waited: list[float] = []
+    added_before_the_barrier: list[list[list[int]]] = []
 
     async def scenario(p: Projector) -> None:
         loop = asyncio.get_running_loop()
-        p.submit([_plain(0)], 0, [])
-        await loop.run_in_executor(None, views.entered.wait, 10)
-        for i in (1, 2):
-            await asyncio.sleep(0.05)
+        for i in (0, 1, 2):
             p.submit([_plain(i)], 0, [])
-        await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
+        added_before_the_barrier.append(list(views.adds))
+        assert views.calls == []
         fut: asyncio.Future[int] = loop.create_future()
         t0 = loop.time()
         p.submit([_plain(3)], 0, [(1, Barrier(fut, offset=4))])
@@ -202,8 +228,50 @@ def test_events_nobody_waits_for_are_gathered_but_a_flush_is_not_delayed(
         waited.append(loop.time() - t0)
 
     asyncio.run(_run(scenario, views))
-    assert views.calls == [[0], [1, 2, 3]]
+    assert added_before_the_barrier == [[[0], [1], [2]]]
+    assert views.calls == [[0, 1, 2, 3]]
     assert waited[0] < 0.4
+
+
+def test_an_open_transaction_commits_after_the_interval_without_a_barrier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events nobody flushes are committed APPLY_INTERVAL after the transaction took them,
+    and later events open the next transaction."""
+    monkeypatch.setattr(projector_mod, "APPLY_INTERVAL", 0.2)
+    views = FakeViews()
+    seen: list[list[list[int]]] = []
+
+    async def scenario(p: Projector) -> None:
+        p.submit([_plain(0), _plain(1)], 0, [])
+        await asyncio.sleep(0.05)
+        seen.append(list(views.calls))  # still gathering
+        await asyncio.sleep(0.5)
+        seen.append(list(views.calls))  # committed by the interval
+        p.submit([_plain(2)], 0, [])
+        await asyncio.sleep(0.5)
+        seen.append(list(views.calls))
+
+    p, _released = asyncio.run(_run(scenario, views))
+    assert seen == [[], [[0, 1]], [[0, 1], [2]]]
+    assert p.applied_offset == 3
+
+
+def test_stopping_commits_the_open_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop() while a transaction gathers: what it holds is committed before run() ends."""
+    monkeypatch.setattr(projector_mod, "APPLY_INTERVAL", 60.0)
+    views = FakeViews()
+
+    async def scenario(p: Projector) -> None:
+        p.submit([_plain(0)], 0, [])
+        await asyncio.sleep(0.1)
+        assert views.adds == [[0]]
+
+    p, _released = asyncio.run(_run(scenario, views))
+    assert views.calls == [[0]]
+    assert p.applied_offset == 1
 
 
 def test_events_from_another_thread_are_applied_while_the_loop_is_busy() -> None:
@@ -335,3 +403,37 @@ def test_cancelling_rolls_back_a_transaction_waiting_for_its_sync_without_a_fata
     assert outcome == ["cancelled"]
     assert views.calls == []
     assert fatal == []
+
+
+def test_cancelling_rolls_back_a_transaction_that_is_still_gathering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel while events wait in an open transaction for the interval: the views
+    thread rolls it back on its way out; nothing is committed."""
+    monkeypatch.setattr(projector_mod, "APPLY_INTERVAL", 60.0)
+    views = FakeViews()
+
+    async def main(pool: ThreadPoolExecutor) -> None:
+        p = Projector(
+            views,  # type: ignore[arg-type]
+            pool,
+            applied_offset=0,
+            batch_events=100,
+            on_applied=lambda n: None,
+            on_fatal=lambda e: None,
+            durable=DurableMark(10),
+        )
+        task = asyncio.create_task(p.run())
+        await asyncio.sleep(0)
+        p.submit([_plain(0), _plain(1)], 0, [])
+        await asyncio.sleep(0.1)
+        assert views.adds == [[0, 1]]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert p.applied_offset == 0
+
+    with ThreadPoolExecutor(1) as pool:
+        asyncio.run(main(pool))
+    assert views.calls == []
+    assert views.rolled_back == [[0, 1]]

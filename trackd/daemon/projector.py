@@ -1,17 +1,19 @@
-"""The projector of one repository: applies synced events to the SQLite views.
+"""The projector of one repository: applies appended events to the SQLite views, committing
+only what the log has made durable.
 
-Owns: :class:`Projector`, the loop that feeds :meth:`SQLiteViews.apply` in large batches on
-the repository's views thread (SQLite connections are used by one thread at a time),
-advances the applied offset, and answers flush barriers. Imports ``trackd.views`` and
-``trackd.eventlog`` event types; never the log itself: it gets the decoded events the writer
-already holds, so nothing is read back from disk.
+Owns: :class:`Projector`, the loop that adds events to views transactions
+(:meth:`SQLiteViews.begin`) and commits them in large batches on the repository's views
+thread (SQLite connections are used by one thread at a time), advances the applied offset,
+and answers flush barriers. Imports ``trackd.views`` and ``trackd.eventlog`` event types;
+never the log itself: it gets the decoded events the writer already holds, so nothing is
+read back from disk.
 
 The projector's loop runs on the views thread itself, for as long as the repository is
 open, and takes its input from a thread-safe queue: the log thread hands it each group the
-moment its fdatasync returns, and the views thread answers flush barriers with one
-``call_soon_threadsafe`` that sends the replies. A flush so passes through the event loop
-once on its way back instead of three times (writer task, projector task, reply), each of
-which waited behind whatever else the loop had to do under load.
+moment it is appended, before its fdatasync, and the views thread answers flush barriers
+with one ``call_soon_threadsafe`` that sends the replies. A flush so passes through the
+event loop once on its way back instead of three times (writer task, projector task,
+reply), each of which waited behind whatever else the loop had to do under load.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Final
 
 from trackd.daemon.writer import Barrier, DurableMark, run_on_thread
 from trackd.eventlog.events import LoggedEvent
-from trackd.views import SQLiteViews
+from trackd.views import SQLiteViews, Transaction
 
 __all__ = ["Projector"]
 
@@ -106,12 +108,14 @@ class Projector:
     def submit(
         self, events: list[LoggedEvent], nbytes: int, barriers: list[tuple[int, Barrier]]
     ) -> None:
-        """Queue durable events for the views, with the flush barriers among them.
+        """Queue appended events for the views, with the flush barriers among them.
 
-        Safe from any thread; the writer calls it on the log thread, right after the sync.
+        Safe from any thread; the writer calls it on the log thread, right after appending
+        and before the sync. They are applied at once, but committed only once the durable
+        mark covers them.
 
         Args:
-            events: Durable events, in log order.
+            events: Appended events, in log order.
             nbytes: Pending bytes they hold (released once they are applied).
             barriers: Each barrier with the number of ``events`` queued before it: it is
                 answered once those (and everything submitted earlier) are applied.
@@ -142,115 +146,149 @@ class Projector:
 
     def _main(self) -> None:
         """Apply in order, in transactions of at most ``batch_events`` events and
-        :data:`MAX_APPLY_POINTS` points; a transaction never runs past a waiting flush
-        barrier, so that each is answered as soon as what was submitted before it is
-        applied, not after whatever was submitted behind it."""
+        :data:`MAX_APPLY_POINTS` points.
+
+        Events go into an open transaction as they arrive, which does the work of applying
+        them then; it commits once a flush barrier waits for what it holds, once it is full,
+        or :data:`APPLY_INTERVAL` after it took its first events. A transaction never takes
+        an event queued behind a waiting barrier, so each barrier is answered as soon as
+        what was submitted before it is applied, not after whatever was submitted behind it;
+        and what a barrier waits for is mostly applied already when it arrives.
+        """
         q = self._queue
         pending: collections.deque[LoggedEvent] = collections.deque()
         # (events submitted before it, barrier) and (events submitted up to it, bytes)
         waits: collections.deque[tuple[int, Barrier]] = collections.deque()
         releases: collections.deque[tuple[int, int]] = collections.deque()
-        submitted = applied = pending_points = 0
+        submitted = applied = 0
         stop = False
-        last_apply = -APPLY_INTERVAL
+        # The open transaction: the events and points it holds, when it took the first.
+        txn: Transaction | None = None
+        held = held_points = last_end = 0
+        opened = 0.0
 
         def take(item: _Item) -> None:
-            nonlocal submitted, stop, pending_points
+            nonlocal submitted, stop
             if isinstance(item, _Stop):
                 stop = True
                 return
             events, nbytes, barriers = item
             waits.extend((submitted + before, b) for before, b in barriers)
             pending.extend(events)
-            pending_points += sum(getattr(le.event, "count", 0) for le in events)
             submitted += len(events)
             if nbytes:
                 releases.append((submitted, nbytes))
 
-        while not self._abort:
-            if not pending and not stop:
-                take(q.get())
-            while not stop:
-                try:
-                    take(q.get_nowait())
-                except queue.Empty:
-                    break
-            if self.failed is not None:  # every flush that waits or comes gets the error
-                self._post_failure(waits)
-                pending.clear()
-                if stop:
-                    return
-                continue
-            if answered := _answered(waits, applied):
-                self._post(answered, 0)
-            if not pending:
-                if stop:
-                    return
-                continue
-            wait = last_apply + APPLY_INTERVAL - time.monotonic()
-            if wait > 0 and not waits and not stop and pending_points < MAX_APPLY_POINTS:
-                # Nobody waits for these yet: gather more into the same transaction. Each
-                # commit costs the views about 1.5 ms whatever it holds (the WAL pages of
-                # the tables it touches), so fewer, larger ones leave more CPU to ingest.
-                try:
-                    take(q.get(timeout=wait))
-                except queue.Empty:
-                    pass
-                continue
-            chunk, points = self._next_chunk(
-                pending, waits[0][0] - applied if waits else len(pending)
-            )
-            pending_points -= points
-            last_apply = time.monotonic()
-            try:
-                self._apply(chunk)
-            except Exception as e:
-                if self._abort:  # a transaction waiting for its sync, rolled back on abort
-                    return
-                log.error("applying to the views failed: %s", e)
-                self.failed = e
-                self._post_failure(waits)
-                self._post_fatal(e)
-                pending.clear()
-                continue
-            applied += len(chunk)
-            freed = 0
-            while releases and releases[0][0] <= applied:
-                freed += releases.popleft()[1]
-            answered = _answered(waits, applied)
-            if answered or freed:
-                self._post(answered, freed)
+        def fail(e: Exception) -> None:
+            nonlocal txn, held, held_points
+            log.error("applying to the views failed: %s", e)
+            self.failed = e
+            self._post_failure(waits)
+            self._post_fatal(e)
+            pending.clear()
+            txn, held, held_points = None, 0, 0
 
-    def _apply(self, chunk: list[LoggedEvent]) -> None:
-        """Apply one transaction."""
-        t0 = time.perf_counter()
+        try:
+            while not self._abort:
+                if not pending and not stop:
+                    if txn is None:
+                        take(q.get())
+                    elif (wait := opened + APPLY_INTERVAL - time.monotonic()) > 0:
+                        # Nobody waits for the open transaction yet: gather more into it.
+                        # A commit costs the views about 1.5 ms whatever it holds (the WAL
+                        # pages of the tables it touches), so fewer, larger ones leave more
+                        # CPU to ingest.
+                        try:
+                            take(q.get(timeout=wait))
+                        except queue.Empty:
+                            pass
+                while not stop:
+                    try:
+                        take(q.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._abort:  # cancelled: an open transaction rolls back (below)
+                    return
+                if self.failed is not None:  # every flush that waits or comes gets the error
+                    self._post_failure(waits)
+                    pending.clear()
+                    if stop:
+                        return
+                    continue
+                if answered := _answered(waits, applied):
+                    self._post(answered, 0)
+                # Add what may go into the open transaction: up to the first waiting
+                # barrier, within the transaction's bounds.
+                full = False
+                if pending:
+                    limit = waits[0][0] - applied - held if waits else len(pending)
+                    limit = min(limit, self._batch - held)
+                    if limit > 0:
+                        chunk, points = _take_events(
+                            pending, limit, MAX_APPLY_POINTS - held_points, first=not held
+                        )
+                        # Something that could go in does not fit: commit, then go on.
+                        full = len(chunk) < limit and bool(pending)
+                        if chunk:
+                            t0 = time.perf_counter()
+                            try:
+                                if txn is None:
+                                    txn = self._views.begin()
+                                    opened = time.monotonic()
+                                txn.add(chunk)
+                            except Exception as e:
+                                fail(e)
+                                continue
+                            finally:
+                                self.apply_seconds += time.perf_counter() - t0
+                            held += len(chunk)
+                            held_points += points
+                            last_end = chunk[-1].end
+                    full = full or held >= self._batch
+                if txn is None:
+                    if stop and not pending:
+                        return
+                    continue
+                due = (
+                    full
+                    or stop
+                    or bool(waits and waits[0][0] <= applied + held)
+                    or time.monotonic() >= opened + APPLY_INTERVAL
+                )
+                if not due:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    self._commit(txn, last_end)
+                except Exception as e:
+                    if self._abort:  # a transaction waiting for its sync, rolled back
+                        return
+                    fail(e)
+                    continue
+                finally:
+                    self.apply_seconds += time.perf_counter() - t0
+                self.applied_offset = last_end
+                self.applied_events += held
+                applied += held
+                txn, held, held_points = None, 0, 0
+                freed = 0
+                while releases and releases[0][0] <= applied:
+                    freed += releases.popleft()[1]
+                answered = _answered(waits, applied)
+                if answered or freed:
+                    self._post(answered, freed)
+        finally:
+            if txn is not None:
+                txn.rollback()
+
+    def _commit(self, txn: Transaction, end: int) -> None:
+        """Commit once the log is durable past ``end``, the transaction's last event."""
         durable = self._durable
         if durable is None:
-            self._views.apply(chunk)
+            txn.commit()
         else:
-            end = chunk[-1].end
-            self._views.apply(chunk, before_commit=lambda: durable.wait(end))
-        elapsed = time.perf_counter() - t0
-        self.apply_seconds += elapsed
-        log.debug("applied %d events up to %d in %.1f ms", len(chunk), chunk[-1].end, elapsed * 1e3)
-        self.applied_offset = chunk[-1].end
-        self.applied_events += len(chunk)
-
-    def _next_chunk(
-        self, pending: collections.deque[LoggedEvent], limit: int
-    ) -> tuple[list[LoggedEvent], int]:
-        """Take the events of the next transaction, and count their points: at most
-        ``limit`` events (up to the next barrier) within the batch bounds, at least one."""
-        limit = max(1, min(limit, self._batch))
-        chunk = [pending.popleft()]
-        points = getattr(chunk[0].event, "count", 0)
-        while pending and len(chunk) < limit:
-            n = getattr(pending[0].event, "count", 0)
-            if points + n > MAX_APPLY_POINTS:
-                break
-            points += n
-            chunk.append(pending.popleft())
-        return chunk, points
+            txn.commit(before_commit=lambda: durable.wait(end))
+        log.debug("applied events up to %d", end)
 
     def _post(self, answered: list[Barrier], freed: int) -> None:
         assert self._loop is not None
@@ -277,6 +315,23 @@ class Projector:
                     b.on_applied(b.offset)
         if freed:
             self._on_applied(freed)
+
+
+def _take_events(
+    pending: collections.deque[LoggedEvent], limit: int, room: int, *, first: bool
+) -> tuple[list[LoggedEvent], int]:
+    """Take up to ``limit`` events holding at most ``room`` points from ``pending``, and
+    count their points; with ``first`` (an empty transaction) at least one, whatever it
+    holds."""
+    chunk: list[LoggedEvent] = []
+    points = 0
+    while pending and len(chunk) < limit:
+        n = getattr(pending[0].event, "count", 0)
+        if points + n > room and not (first and not chunk):
+            break
+        points += n
+        chunk.append(pending.popleft())
+    return chunk, points
 
 
 def _answered(waits: collections.deque[tuple[int, Barrier]], applied: int) -> list[Barrier]:
