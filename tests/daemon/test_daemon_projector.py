@@ -366,6 +366,25 @@ def test_a_failed_sync_fails_the_waiting_flush_and_commits_nothing() -> None:
     assert [type(e) for e in fatal] == [OSError]
 
 
+def _cancellable(
+    views: FakeViews,
+    pool: ThreadPoolExecutor,
+    durable: DurableMark,
+    *,
+    on_fatal: Callable[[BaseException], None],
+) -> Projector:
+    """A projector for the cancel tests, which run it themselves."""
+    return Projector(
+        views,  # type: ignore[arg-type]
+        pool,
+        applied_offset=0,
+        batch_events=100,
+        on_applied=lambda n: None,
+        on_fatal=on_fatal,
+        durable=durable,
+    )
+
+
 def test_cancelling_rolls_back_a_transaction_waiting_for_its_sync_without_a_fatal() -> None:
     """A fatal stop elsewhere (or a drain that timed out) cancels the projector: a
     transaction waiting for a sync that will not come rolls back, and that is not reported
@@ -377,15 +396,7 @@ def test_cancelling_rolls_back_a_transaction_waiting_for_its_sync_without_a_fata
 
     async def main(pool: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
-        p = Projector(
-            views,  # type: ignore[arg-type]
-            pool,
-            applied_offset=0,
-            batch_events=100,
-            on_applied=lambda n: None,
-            on_fatal=fatal.append,
-            durable=mark,
-        )
+        p = _cancellable(views, pool, mark, on_fatal=fatal.append)
         task = asyncio.create_task(p.run())
         await asyncio.sleep(0)
         p.submit([_plain(0)], 0, [])
@@ -414,15 +425,7 @@ def test_cancelling_rolls_back_a_transaction_that_is_still_gathering(
     views = FakeViews()
 
     async def main(pool: ThreadPoolExecutor) -> None:
-        p = Projector(
-            views,  # type: ignore[arg-type]
-            pool,
-            applied_offset=0,
-            batch_events=100,
-            on_applied=lambda n: None,
-            on_fatal=lambda e: None,
-            durable=DurableMark(10),
-        )
+        p = _cancellable(views, pool, DurableMark(10), on_fatal=lambda e: None)
         task = asyncio.create_task(p.run())
         await asyncio.sleep(0)
         p.submit([_plain(0), _plain(1)], 0, [])

@@ -902,7 +902,7 @@ class _SQLiteTransaction(Transaction):
         todo = [le for le in events if le.end > after]
         if not todo:
             return
-        try:
+        with self._or_rollback():
             if self._txn is None:
                 conn = v._db()
                 conn.execute("BEGIN IMMEDIATE")
@@ -913,12 +913,6 @@ class _SQLiteTransaction(Transaction):
             # Merge now what was added: the work happens while events arrive.
             for seq in txn.seqs.values():
                 txn.flush(seq)
-        except sqlite3.Error as e:
-            self.rollback()
-            raise _views_error("apply events to", v._path, e) from e
-        except BaseException:
-            self.rollback()
-            raise
         last = max(todo, key=lambda le: le.end)
         if self._last is None or last.end > self._last.end:
             self._last = last
@@ -930,7 +924,7 @@ class _SQLiteTransaction(Transaction):
         if txn is None or last is None:
             self._done = True
             return
-        try:
+        with self._or_rollback():
             txn.finish()
             txn.conn.execute(
                 "UPDATE checkpoint SET end_offset = ?, last_offset = ? WHERE id = 1",
@@ -939,12 +933,6 @@ class _SQLiteTransaction(Transaction):
             if before_commit is not None:
                 before_commit()
             txn.conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            self.rollback()
-            raise _views_error("apply events to", v._path, e) from e
-        except BaseException:
-            self.rollback()
-            raise
         self._done = True
         v._checkpoint = last.end
         v._last_offset = last.offset
@@ -954,6 +942,18 @@ class _SQLiteTransaction(Transaction):
         if self._txn is not None:
             self._txn = None
             self._views._rollback()
+
+    @contextlib.contextmanager
+    def _or_rollback(self) -> Iterator[None]:
+        """Roll back on any error, raising SQLite's as :class:`ViewsError`."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            self.rollback()
+            raise _views_error("apply events to", self._views._path, e) from e
+        except BaseException:
+            self.rollback()
+            raise
 
 
 class SQLiteReader(_Queries):
