@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -228,7 +229,8 @@ def test_events_nobody_waits_for_are_gathered_but_a_flush_is_not_delayed(
         waited.append(loop.time() - t0)
 
     asyncio.run(_run(scenario, views))
-    assert added_before_the_barrier == [[[0], [1], [2]]]
+    # (A busy machine may hand two groups over in one add.)
+    assert [[o for add in adds for o in add] for adds in added_before_the_barrier] == [[0, 1, 2]]
     assert views.calls == [[0, 1, 2, 3]]
     assert waited[0] < 0.4
 
@@ -237,23 +239,27 @@ def test_an_open_transaction_commits_after_the_interval_without_a_barrier(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Events nobody flushes are committed APPLY_INTERVAL after the transaction took them,
-    and later events open the next transaction."""
+    not at once, and later events open the next transaction."""
     monkeypatch.setattr(projector_mod, "APPLY_INTERVAL", 0.2)
     views = FakeViews()
-    seen: list[list[list[int]]] = []
+    gathered: list[float] = []
+
+    async def until_committed(n: int) -> float:
+        t0 = time.monotonic()
+        while len(views.calls) < n:
+            assert time.monotonic() - t0 < 10, f"transaction {n} not committed in 10 s"
+            await asyncio.sleep(0.005)
+        return time.monotonic() - t0
 
     async def scenario(p: Projector) -> None:
         p.submit([_plain(0), _plain(1)], 0, [])
-        await asyncio.sleep(0.05)
-        seen.append(list(views.calls))  # still gathering
-        await asyncio.sleep(0.5)
-        seen.append(list(views.calls))  # committed by the interval
+        gathered.append(await until_committed(1))
         p.submit([_plain(2)], 0, [])
-        await asyncio.sleep(0.5)
-        seen.append(list(views.calls))
+        gathered.append(await until_committed(2))
 
     p, _released = asyncio.run(_run(scenario, views))
-    assert seen == [[], [[0, 1]], [[0, 1], [2]]]
+    assert views.calls == [[0, 1], [2]]
+    assert min(gathered) >= 0.15  # each waited for the interval: no barrier asked
     assert p.applied_offset == 3
 
 
