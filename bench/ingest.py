@@ -20,7 +20,12 @@ measured in the same run.
    probe runs in the trainers' session, as a trainer that flushes would: with the kernel's
    autogroup scheduling it then shares one CPU share with every trainer thread. As a
    diagnostic, as many samples again come from loads whose probe runs in a session of its
-   own (alternating with the others), which leaves out that wait for a CPU. The
+   own (alternating with the others), which leaves out that wait for a CPU. The probe
+   also measures that wait itself, where Linux keeps scheduler statistics: the time its
+   thread spent runnable but waiting for a CPU during each flush (``run_delay`` of
+   ``/proc/thread-self/schedstat``, read outside the timed span), shown with each
+   in-session flush less that wait, and the CPU time the calling thread spends per flush
+   (one point and the barrier to pack, send, and the reply to read). The
    daemon's own share comes from its status (``flush_ms`` of the load's repository:
    request read to reply sent, over all that repository's flushes; and its two parts, until
    the events before it are durable and then until they are applied). Also shown: CPU time
@@ -234,18 +239,32 @@ PROBE = """
     # Runs until the parent says every worker's close() returned: only under load.
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
-    lat = []
+    # Time this thread spent runnable but waiting for a CPU (run_delay, Linux schedstat),
+    # read outside the timed span: what of each flush was the scheduler's, not trackd's.
+    try:
+        stat = open("/proc/thread-self/schedstat", "rb", buffering=0)
+    except OSError:
+        stat = None
+    def run_delay():
+        stat.seek(0)
+        return int(stat.read().split()[1])
+    lat, waited, cpu = [], [], []
     i = 0
     deadline = time.time() + {seconds}
     while not stop.is_set() and time.time() < deadline:
         run.track(1.0, "probe", i)
         i += 1
+        r0 = run_delay() if stat else 0
+        c0 = time.thread_time()
         a = time.perf_counter()
         client.flush()
         lat.append(time.perf_counter() - a)
+        cpu.append(time.thread_time() - c0)
+        if stat:
+            waited.append((run_delay() - r0) / 1e9)
         time.sleep(0.005)
     run.close()
-    print(json.dumps(lat), flush=True)
+    print(json.dumps({{"lat": lat, "waited": waited, "cpu": cpu}}), flush=True)
 """
 
 
@@ -317,6 +336,12 @@ FLOOR = """
 _POOLED: list[float] = []
 #: The same, from loads whose probe ran in a session of its own (the diagnostic).
 _POOLED_OWN: list[float] = []
+#: In the trainers' session: how long the probe waited for a CPU during each flush (its
+#: run queue delay, from /proc/thread-self/schedstat), and each flush less that wait.
+_WAITED: list[float] = []
+_NET: list[float] = []
+#: The probe's CPU time (its calling thread's) per flush, every load.
+_FLUSH_CPU: list[float] = []
 #: The floor under the same loads: fdatasync alone, and a thread wake-up round trip.
 _FLOOR_SYNC: list[float] = []
 _FLOOR_WAKE: list[float] = []
@@ -373,7 +398,8 @@ def bench_multi(
     spans = [json.loads(p.communicate(timeout=600)[0]) for p in workers]
     daemon_cpu, daemon_io = d.cpu_seconds() - cpu0, d.write_bytes() - io0
     # The probe times flushes while the workers run, and stops once the last close() returned.
-    lat = json.loads(probe.communicate("\n", timeout=600)[0])
+    probed = json.loads(probe.communicate("\n", timeout=600)[0])
+    lat = probed["lat"]
     fl = json.loads(floor.communicate("\n", timeout=600)[0])
     _FLOOR_SYNC.extend(fl["sync"])
     _FLOOR_WAKE.extend(fl["wake"])
@@ -382,6 +408,10 @@ def bench_multi(
     points = 3 * steps * procs
     in_daemon = d.flush_ms(repo)
     (_POOLED_OWN if own_session else _POOLED).extend(lat)
+    _FLUSH_CPU.extend(probed["cpu"])
+    if not own_session and probed["waited"]:
+        _WAITED.extend(probed["waited"])
+        _NET.extend(t - w for t, w in zip(lat, probed["waited"], strict=True))
     return {
         "multi_pts_per_s": points / elapsed,
         "multi_s": elapsed,
@@ -503,6 +533,16 @@ def main() -> None:
             None,
         ),
         ("  probe in a session of its own, p99", _pct(_POOLED_OWN, 0.99) * 1000, "ms", None),
+        *(
+            (label, _pct(samples, q) * 1000, "ms", None)
+            for label, samples, q in (
+                ("  of it waiting for a CPU (run queue), p50", _WAITED, 0.5),
+                ("  of it waiting for a CPU (run queue), p99", _WAITED, 0.99),
+                ("  less that wait, p99", _NET, 0.99),
+                ("  the calling thread's CPU time per flush, p50", _FLUSH_CPU, 0.5),
+            )
+            if samples
+        ),
         ("  of it in the daemon, p50 (median of loads)", med["flush_daemon_p50_ms"], "ms", None),
         ("  of it in the daemon, p99 (median of loads)", med["flush_daemon_p99_ms"], "ms", None),
         ("    until durable, p99", med["flush_daemon_sync_p99_ms"], "ms", None),
