@@ -86,6 +86,42 @@ def test_mixed_drain_keeps_order_dtypes_and_values(client: Client) -> None:
     assert s["mixed"] == ([0, 1, 2, 3, 4], [0.5, 1.0, 2.5, 3.0, 4.5], "<f8")
 
 
+@pytest.mark.parametrize(
+    "before",
+    [
+        [],
+        [1.5],
+        [1.5, 2.5, 3.5],
+        [1.5, 7, 2.5],  # a point keeping its value object: not the packed-rows shape
+        [1.5, "event", 2.5],  # a control item before the last one
+    ],
+)
+def test_a_drain_ending_in_a_request_keeps_it_behind_every_point(
+    client: Client, before: list[Any]
+) -> None:
+    """A flush queues its barrier behind the points tracked before it: whatever precedes
+    it, the drain returns the events in order with the request last, nothing dropped."""
+    run = offline_run(client)
+    for i, v in enumerate(before):
+        if v == "event":
+            client._control_item("event", ContainerCreated(container="r1"))
+        else:
+            run.track(v, "m", step=i)
+    marker = object()
+    client._control_item("req", marker)
+    out = client._drain_buffer()
+    assert out[-1] is marker
+    assert not client.buf
+    events = [decode_event(x[1]) for x in out[:-1]]
+    points = [(i, v) for i, v in enumerate(before) if v != "event"]
+    if points:
+        steps, values, _dtype = _series(events)["m"]
+        assert list(zip(steps, values, strict=True)) == points
+    else:
+        assert events == []
+    assert ("ContainerCreated" in [type(e).__name__ for e in events]) == ("event" in before)
+
+
 def test_many_sequences_in_one_drain_each_keep_their_order(client: Client) -> None:
     """More sequences than the flusher groups by masks: grouped by sorting, same result."""
     run = offline_run(client)

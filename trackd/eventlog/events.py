@@ -99,11 +99,7 @@ class Event:
 
     def body(self) -> dict[str, Any]:
         """Return the body fields as a msgpack-ready map (envelope fields excluded)."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in _ENVELOPE_FIELDS
-        }
+        return {name: getattr(self, name) for name in _body_fields(type(self))}
 
     def with_envelope(self: _E, client_id: bytes, client_seq: int, client_time: float) -> _E:
         """Return a copy with the envelope fields set."""
@@ -131,6 +127,19 @@ class LoggedEvent:
 
 
 _ENVELOPE_FIELDS = frozenset({"client_id", "client_seq", "client_time"})
+
+
+_BODY_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _body_fields(cls: type[Event]) -> tuple[str, ...]:
+    """The names of ``cls``'s body fields, in order (looked up once per class: encoding a
+    small event is on the path of every flush)."""
+    names = _BODY_FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in _ENVELOPE_FIELDS)
+        _BODY_FIELDS[cls] = names
+    return names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -621,7 +621,14 @@ class Client:
             return []
         items: list[Any] = list(itertools.starmap(buf.popleft, itertools.repeat((), n)))
         out: list[Any] = []
-        if self._emit_floats(items, out):
+        last = items[-1]
+        if type(last) is tuple and last[0] == _CTRL:
+            # The usual shape of a flush: float points, then the barrier behind them.
+            if n == 1 or self._emit_floats(items[:-1], out):
+                self._control(last[1], last[2], out)
+                return out
+            out.clear()
+        elif self._emit_floats(items, out):
             return out
         # Tuples among them: control items, or points whose value is not a float. The first
         # item of a packed row is one of its bytes, never _CTRL.
