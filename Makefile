@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/eventlog_append.py
 	$(BIN)/python bench/views_bench.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/sched_floor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
