@@ -627,7 +627,6 @@ class Client:
             if n == 1 or self._emit_floats(items[:-1], out):
                 self._control(last[1], last[2], out)
                 return out
-            out.clear()
         elif self._emit_floats(items, out):
             return out
         # Tuples among them: control items, or points whose value is not a float. The first
